@@ -1,0 +1,38 @@
+"""Every Numba option of the package, in one place.
+
+Kernels import their decorators from here so that caching, the fastmath flag
+set and parallelism are chosen once and consistently.
+"""
+
+import numba
+
+#: LLVM fast-math flags the kernels may use.  Deliberately *not*
+#: ``fastmath=True``: that adds ``nnan``/``ninf``, which lets LLVM delete the
+#: very NaN/inf checks that catch exploding gradients.
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+#: Compiled kernels are written to Numba's cache (``NUMBA_CACHE_DIR`` or
+#: ``__pycache__``) so that only the first process on a machine pays compile
+#: time.
+CACHE = True
+
+
+def kernel(func=None, *, parallel=False):
+    """Compile ``func`` with the package's Numba options.
+
+    Parameters
+    ----------
+    func : callable, optional
+        The function to compile; when omitted, a decorator is returned.
+    parallel : bool, default=False
+        Turn ``prange`` loops into parallel regions.
+
+    Returns
+    -------
+    numba.core.registry.CPUDispatcher or callable
+    """
+    options = dict(nogil=True, cache=CACHE, fastmath=set(FASTMATH), parallel=parallel)
+    if func is None:
+        return numba.njit(**options)
+    return numba.njit(**options)(func)
+

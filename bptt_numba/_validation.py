@@ -1,0 +1,227 @@
+"""Input normalisation at the package boundary; every error message lives here.
+
+Arrays leave these functions C-contiguous, finite and in the model dtype, so
+the kernels compile once per dtype and never meet a surprise.
+"""
+
+import numbers
+
+import numpy as np
+
+CELLS = ("rnn", "lstm", "gru")
+NONLINEARITIES = ("tanh", "relu")
+DTYPES = ("float32", "float64")
+LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
+OUTPUTS = ("last", "sequence")
+
+
+def check_choice(name, value, options):
+    """Return ``value`` if it is one of ``options``, else raise ValueError."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
+    return value
+
+
+def check_positive_int(name, value, minimum=1):
+    """Return ``value`` as int if it is an integer >= ``minimum``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer; got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value}")
+    return int(value)
+
+
+def check_hidden_sizes(hidden_sizes):
+    """Return ``hidden_sizes`` as a non-empty tuple of positive ints."""
+    if isinstance(hidden_sizes, numbers.Integral):
+        hidden_sizes = (hidden_sizes,)
+    try:
+        sizes = tuple(hidden_sizes)
+    except TypeError:
+        raise TypeError(f"hidden_sizes must be an int or a tuple of ints; got {hidden_sizes!r}") from None
+    if not sizes:
+        raise ValueError("hidden_sizes must name at least one layer")
+    return tuple(check_positive_int("each hidden size", size) for size in sizes)
+
+
+def check_dtype(dtype):
+    """Return the model dtype, float32 or float64."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be 'float32' or 'float64'; got {dtype!r}") from None
+    check_choice("dtype", dtype.name, DTYPES)
+    return dtype
+
+
+def as_generator(random_state):
+    """Turn ``random_state`` (None, int, Generator or RandomState) into a Generator."""
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
+    try:
+        return np.random.default_rng(random_state)
+    except (TypeError, ValueError):
+        raise ValueError(f"random_state must be None, an int or a numpy Generator; got {random_state!r}") from None
+
+
+def _as_float_array(name, values, dtype):
+    """Convert to a C-contiguous array of ``dtype``, refusing non-numbers."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers; got an array of dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def check_finite(name, array):
+    """Raise ValueError naming ``name`` if ``array`` has NaN or infinity."""
+    if not np.isfinite(array).all():
+        kind = "NaN" if np.isnan(array).any() else "infinity"
+        raise ValueError(f"{name} contains {kind}")
+
+
+def check_sequences(X, n_features, dtype):
+    """Validate a padded batch of sequences.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_timesteps, n_features)
+    n_features : int
+    dtype : numpy.dtype
+
+    Returns
+    -------
+    ndarray of shape (n_samples, n_timesteps, n_features)
+    """
+    X = _as_float_array("X", X, dtype)
+    if X.ndim != 3:
+        raise ValueError(f"X must be 3-D (n_samples, n_timesteps, n_features); got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"X must hold at least one sample and one time step; got shape {X.shape}")
+    if X.shape[2] != n_features:
+        raise ValueError(f"X has {X.shape[2]} features per step but the network expects {n_features}")
+    check_finite("X", X)
+    return X
+
+
+def check_lengths(lengths, n_samples, n_steps):
+    """Validate per-sample sequence lengths; None means every step is valid.
+
+    Returns
+    -------
+    ndarray of shape (n_samples,), int64
+    """
+    if lengths is None:
+        return np.full(n_samples, n_steps, dtype=np.int64)
+    array = np.asarray(lengths)
+    if array.dtype.kind not in "iu" and not (array.dtype.kind == "f" and np.all(array == np.round(array))):
+        raise TypeError(f"lengths must be integers; got dtype {array.dtype}")
+    if array.shape != (n_samples,):
+        raise ValueError(f"lengths must have shape ({n_samples},), one per sample; got {array.shape}")
+    if array.min() < 1 or array.max() > n_steps:
+        raise ValueError(
+            f"lengths must lie in [1, {n_steps}] (zero-length sequences are not allowed); "
+            f"got values from {array.min()} to {array.max()}"
+        )
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def valid_mask(lengths, n_steps):
+    """Boolean (n_samples, n_steps) mask of the valid steps."""
+    return np.arange(n_steps)[None, :] < lengths[:, None]
+
+
+def check_targets(y, loss, output, lengths, n_steps, n_outputs, dtype):
+    """Validate targets for ``loss`` and ``output`` mode.
+
+    Shapes: (n_samples[, n_outputs]) for ``output="last"``, (n_samples,
+    n_timesteps[, n_outputs]) for ``"sequence"``; class indices (no output
+    axis) for cross-entropy.  Entries at padded steps are ignored.
+
+    Returns
+    -------
+    ndarray
+        int64 labels for cross-entropy, else float targets with an output
+        axis.
+    """
+    n_samples = lengths.shape[0]
+    lead = (n_samples,) if output == "last" else (n_samples, n_steps)
+    mask = np.ones(n_samples, bool) if output == "last" else valid_mask(lengths, n_steps)
+    array = np.asarray(y)
+    if loss == "cross_entropy":
+        if array.shape != lead:
+            raise ValueError(f"cross_entropy targets must be class indices of shape {lead}; got {array.shape}")
+        labels = array[mask]
+        if array.dtype.kind not in "iu" and not (array.dtype.kind == "f" and np.all(labels == np.round(labels))):
+            raise TypeError(f"cross_entropy targets must be integer class indices; got dtype {array.dtype}")
+        if labels.min() < 0 or labels.max() >= n_outputs:
+            raise ValueError(f"class indices must lie in [0, {n_outputs}); got {labels.min()} to {labels.max()}")
+        return np.where(mask, array, 0).astype(np.int64)
+    if array.shape == lead and n_outputs == 1:
+        array = array[..., None]
+    if array.shape != lead + (n_outputs,):
+        raise ValueError(f"y must have shape {lead + (n_outputs,)} for output={output!r}; got {np.shape(y)}")
+    array = _as_float_array("y", array, dtype)
+    check_finite("y", array[mask])
+    if loss == "binary_cross_entropy" and (array[mask].min() < 0 or array[mask].max() > 1):
+        raise ValueError("binary_cross_entropy targets must lie in [0, 1]")
+    return array
+
+
+def check_sample_weight(sample_weight, n_samples, dtype):
+    """Validate per-sample weights; None means all ones."""
+    if sample_weight is None:
+        return np.ones(n_samples, dtype=dtype)
+    weights = _as_float_array("sample_weight", sample_weight, dtype)
+    if weights.shape != (n_samples,):
+        raise ValueError(f"sample_weight must have shape ({n_samples},); got {weights.shape}")
+    check_finite("sample_weight", weights)
+    if weights.min() < 0 or weights.sum() <= 0:
+        raise ValueError("sample_weight must be non-negative with a positive sum")
+    return weights
+
+
+def check_truncate(truncate):
+    """Return the TBPTT window as an int, 0 standing for full BPTT."""
+    if truncate is None:
+        return 0
+    return check_positive_int("truncate", truncate)
+
+
+def check_state(state, hidden_sizes, n_directions, n_state, n_samples, dtype):
+    """Validate an initial state and split it per layer and direction.
+
+    Parameters
+    ----------
+    state : None or list
+        One entry per layer: an array (n_directions, n_samples, H_l), or for
+        the LSTM a pair ``(h, c)`` of such arrays.
+    n_state : int
+        Arrays per layer entry (2 for the LSTM, 1 otherwise).
+
+    Returns
+    -------
+    list of list of tuple of ndarray
+        ``[layer][direction]`` -> tuple of ``n_state`` arrays (n_samples, H_l).
+    """
+    if state is None:
+        return [
+            [tuple(np.zeros((n_samples, size), dtype) for _ in range(n_state)) for _ in range(n_directions)]
+            for size in hidden_sizes
+        ]
+    if not isinstance(state, (list, tuple)) or len(state) != len(hidden_sizes):
+        raise ValueError(f"state must be a list with one entry per layer ({len(hidden_sizes)})")
+    split = []
+    for layer, (entry, size) in enumerate(zip(state, hidden_sizes)):
+        parts = tuple(entry) if n_state == 2 else (entry,)
+        if n_state == 2 and len(parts) != 2:
+            raise ValueError(f"LSTM state of layer {layer} must be a pair (h, c)")
+        expected = (n_directions, n_samples, size)
+        arrays = []
+        for part in parts:
+            array = _as_float_array(f"state of layer {layer}", part, dtype)
+            if array.shape != expected:
+                raise ValueError(f"state of layer {layer} must have shape {expected}; got {array.shape}")
+            check_finite(f"state of layer {layer}", array)
+            arrays.append(array)
+        split.append([tuple(array[d] for array in arrays) for d in range(n_directions)])
+    return split

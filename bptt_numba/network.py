@@ -1,0 +1,529 @@
+"""Network: a stack of recurrent layers and a linear head over one flat vector.
+
+All parameters live in one contiguous vector, ``Network.params``; the named
+weights (PyTorch's names and shapes) are views into it, so optimizers,
+clipping and regularisation work on one array, and gradients come back in
+the same layout.
+
+Internally sequences are time-major ``(T, B, D)``: one GEMM projects the
+input of every step of a layer, the cell kernel unrolls the recurrence, and
+after the backward sweep the weight gradients of all steps are two GEMMs.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _validation as val
+from ._kernels import elman, gru, losses, lstm
+
+_CELL_KERNELS = {"rnn": elman, "lstm": lstm, "gru": gru}
+_LOSS_KERNELS = {
+    "mse": losses.mse,
+    "cross_entropy": losses.cross_entropy,
+    "binary_cross_entropy": losses.binary_cross_entropy,
+}
+_SUFFIXES = ("", "_reverse")
+
+
+class Network:
+    """Stacked Elman RNN, LSTM or GRU layers with a linear head.
+
+    Equations, gate order, weight names and shapes follow PyTorch's
+    ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (with ``batch_first=True``) followed
+    by ``nn.Linear``.
+
+    Parameters
+    ----------
+    n_features : int
+        Input features per time step.
+    hidden_sizes : int or tuple of int, default=(64,)
+        Hidden units of each layer; sizes may differ per layer.
+    cell : {"lstm", "gru", "rnn"}, default="lstm"
+    n_outputs : int, default=1
+        Outputs of the linear head (classes for cross-entropy).
+    bidirectional : bool, default=False
+        Add a reverse-direction layer beside each layer; layer outputs are
+        the concatenation ``[forward, reverse]``.
+    nonlinearity : {"tanh", "relu"}, default="tanh"
+        Activation of the Elman RNN (``cell="rnn"`` only).
+    dtype : {"float32", "float64"}, default="float32"
+        Dtype of the parameters and of all computation.
+    random_state : None, int or numpy.random.Generator
+        Seeds the initialisation.
+
+    Attributes
+    ----------
+    params : ndarray of shape (n_params,)
+        Every parameter, in the order of `parameter_shapes`.
+
+    Notes
+    -----
+    Initialisation: input weights (``weight_ih_*`` and ``head.weight``)
+    Glorot-uniform over the whole matrix; each gate block of the recurrent
+    weights ``weight_hh_*`` an independent random orthogonal matrix; biases
+    zero, except the LSTM forget-gate part of ``bias_ih_*``, set to 1 so that
+    gradients flow through the cell state from the start (Jozefowicz et al.,
+    2015).
+    """
+
+    def __init__(
+        self,
+        n_features,
+        hidden_sizes=(64,),
+        cell="lstm",
+        n_outputs=1,
+        bidirectional=False,
+        nonlinearity="tanh",
+        dtype="float32",
+        random_state=None,
+    ):
+        self.n_features = val.check_positive_int("n_features", n_features)
+        self.hidden_sizes = val.check_hidden_sizes(hidden_sizes)
+        self.cell = val.check_choice("cell", cell, val.CELLS)
+        self.n_outputs = val.check_positive_int("n_outputs", n_outputs)
+        self.bidirectional = bool(bidirectional)
+        self.nonlinearity = val.check_choice("nonlinearity", nonlinearity, val.NONLINEARITIES)
+        if self.nonlinearity == "relu" and self.cell != "rnn":
+            raise ValueError(f"nonlinearity='relu' applies to cell='rnn' only, not {self.cell!r}")
+        self.dtype = val.check_dtype(dtype)
+        self._kernels = _CELL_KERNELS[self.cell]
+        self._shapes = self._parameter_shapes()
+        self.params = np.zeros(sum(int(np.prod(s)) for s in self._shapes.values()), dtype=self.dtype)
+        self._weights = self.unflatten(self.params)
+        self._initialise(val.as_generator(random_state))
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def n_directions(self):
+        """1, or 2 for a bidirectional network."""
+        return 2 if self.bidirectional else 1
+
+    @property
+    def parameter_shapes(self):
+        """Names and shapes of the parameters, in their order in `params`."""
+        return dict(self._shapes)
+
+    def _parameter_shapes(self):
+        n_gates = self._kernels.N_GATES
+        shapes = {}
+        n_inputs = self.n_features
+        for layer, hidden in enumerate(self.hidden_sizes):
+            for suffix in _SUFFIXES[: self.n_directions]:
+                shapes[f"weight_ih_l{layer}{suffix}"] = (n_gates * hidden, n_inputs)
+                shapes[f"weight_hh_l{layer}{suffix}"] = (n_gates * hidden, hidden)
+                shapes[f"bias_ih_l{layer}{suffix}"] = (n_gates * hidden,)
+                shapes[f"bias_hh_l{layer}{suffix}"] = (n_gates * hidden,)
+            n_inputs = hidden * self.n_directions
+        shapes["head.weight"] = (self.n_outputs, n_inputs)
+        shapes["head.bias"] = (self.n_outputs,)
+        return shapes
+
+    def unflatten(self, flat):
+        """Named views into a flat vector laid out like `params`.
+
+        Parameters
+        ----------
+        flat : ndarray of shape (n_params,)
+
+        Returns
+        -------
+        dict of str to ndarray
+            Views: writing to them writes to ``flat``.
+        """
+        views, start = {}, 0
+        for name, shape in self._shapes.items():
+            stop = start + int(np.prod(shape))
+            views[name] = flat[start:stop].reshape(shape)
+            start = stop
+        return views
+
+    def _layer_weights(self, weights, layer, direction):
+        suffix = f"_l{layer}{_SUFFIXES[direction]}"
+        return tuple(weights[kind + suffix] for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+    def _initialise(self, rng):
+        hidden_of = {}
+        for name, shape in self._shapes.items():
+            if name.startswith("weight_hh"):
+                hidden_of[name] = shape[1]
+        for name, view in self._weights.items():
+            if name.startswith("weight_hh"):
+                hidden = hidden_of[name]
+                for block in range(view.shape[0] // hidden):
+                    view[block * hidden : (block + 1) * hidden] = _random_orthogonal(hidden, rng)
+            elif name.startswith("weight_ih") or name == "head.weight":
+                limit = np.sqrt(6.0 / (view.shape[0] + view.shape[1]))
+                view[...] = rng.uniform(-limit, limit, size=view.shape)
+            elif self.cell == "lstm" and name.startswith("bias_ih"):
+                hidden = view.shape[0] // 4
+                view[hidden : 2 * hidden] = 1.0
+
+    # ------------------------------------------------------------- weights I/O
+    def get_weights(self):
+        """Copies of the parameters by PyTorch name.
+
+        Returns
+        -------
+        dict of str to ndarray
+        """
+        return {name: view.copy() for name, view in self._weights.items()}
+
+    def set_weights(self, weights):
+        """Replace all parameters.
+
+        Everything is checked before anything is written, so a bad dict
+        leaves the network unchanged.
+
+        Parameters
+        ----------
+        weights : dict of str to array-like
+            Exactly the names and shapes of `get_weights`; finite values.
+        """
+        missing = sorted(set(self._shapes) - set(weights))
+        unknown = sorted(set(weights) - set(self._shapes))
+        if missing or unknown:
+            raise ValueError(f"weights do not match the network: missing {missing}, unknown {unknown}")
+        checked = {}
+        for name, shape in self._shapes.items():
+            array = np.asarray(weights[name])
+            if array.shape != shape:
+                raise ValueError(f"weight {name!r} must have shape {shape}; got {array.shape}")
+            if array.dtype.kind not in "biuf":
+                raise TypeError(f"weight {name!r} must hold real numbers; got dtype {array.dtype}")
+            val.check_finite(f"weight {name!r}", array)
+            checked[name] = array
+        for name, array in checked.items():
+            self._weights[name][...] = array
+
+    # ----------------------------------------------------------------- passes
+    def forward(self, X, lengths=None, state=None, output="last"):
+        """Outputs of the network.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_timesteps, n_features)
+            Sequences, padded after their last valid step.
+        lengths : array-like of shape (n_samples,), optional
+            Valid steps per sequence; all ``n_timesteps`` when omitted.
+        state : list, optional
+            Initial state, one entry per layer: an array (n_directions,
+            n_samples, H_l), or a pair ``(h, c)`` of them for the LSTM.
+            Zeros when omitted.
+        output : {"last", "sequence"}, default="last"
+            ``"last"``: the head reads each sequence's state at its last
+            valid step (for a bidirectional top layer, concatenated with the
+            reverse state after the whole sequence); ``"sequence"``: the head
+            reads every step.
+
+        Returns
+        -------
+        Y : ndarray
+            (n_samples, n_outputs) for ``"last"``; (n_samples, n_timesteps,
+            n_outputs) for ``"sequence"``, zero at padded steps.
+        final_state : list
+            The state where each sequence ended, in the format of ``state``;
+            passing it on as ``state`` with the next chunk of the sequences
+            continues them exactly (unidirectional networks).
+        """
+        batch = self._batch(X, lengths, state, output)
+        tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state)
+        if output == "last":
+            rows = np.arange(batch.lengths.shape[0])
+            features = self._last_features(tapes[-1], rows, batch.lengths - 1)
+            Y = self._head(features)
+        else:
+            t_idx, b_idx = np.nonzero(val.valid_mask(batch.lengths, batch.n_steps).T)
+            Y = np.zeros((batch.lengths.shape[0], batch.n_steps, self.n_outputs), dtype=self.dtype)
+            Y[b_idx, t_idx] = self._head(top[t_idx, b_idx])
+        return Y, self._user_state(self._final_states(tapes))
+
+    def loss_and_grad(
+        self,
+        X,
+        y,
+        lengths=None,
+        loss="mse",
+        output="last",
+        truncate=None,
+        state=None,
+        sample_weight=None,
+    ):
+        """Loss of a batch and its gradient w.r.t. every parameter.
+
+        Parameters
+        ----------
+        X, lengths, state, output
+            As in `forward`.
+        y : array-like
+            Targets: (n_samples[, n_outputs]) for ``output="last"``,
+            (n_samples, n_timesteps[, n_outputs]) for ``"sequence"``; class
+            indices without the output axis for ``"cross_entropy"``.
+            Entries at padded steps are ignored.
+        loss : {"mse", "cross_entropy", "binary_cross_entropy"}
+            Mean squared error over every valid target element (PyTorch's
+            ``MSELoss``); softmax cross-entropy over the outputs, mean over
+            valid positions; binary cross-entropy on logits, mean over valid
+            elements.
+        truncate : int, optional
+            Truncated BPTT in chunks of ``truncate`` steps: the forward pass
+            is exact, the gradient through the recurrent state is cut at
+            ``t = truncate, 2 * truncate, ...``.  None (or >= n_timesteps) is
+            full BPTT.  For unidirectional networks only one chunk's
+            activations are held at a time.
+        sample_weight : array-like of shape (n_samples,), optional
+            Makes the loss a weighted mean.
+
+        Returns
+        -------
+        loss : float
+        grads : dict of str to ndarray
+            Same names and shapes as `get_weights`.
+        final_state : list
+            As in `forward`.
+        """
+        value, flat, final_state, _ = self._loss_and_grad(
+            X, y, lengths, loss, output, truncate, state, sample_weight, False
+        )
+        return value, self.unflatten(flat), final_state
+
+    def loss_and_grad_vector(
+        self, X, y, lengths=None, loss="mse", output="last", truncate=None, state=None, sample_weight=None
+    ):
+        """`loss_and_grad` with the gradient as one vector laid out like `params`.
+
+        Returns
+        -------
+        loss : float
+        grad : ndarray of shape (n_params,)
+        final_state : list
+        """
+        value, flat, final_state, _ = self._loss_and_grad(
+            X, y, lengths, loss, output, truncate, state, sample_weight, False
+        )
+        return value, flat, final_state
+
+    def _loss_and_grad(self, X, y, lengths, loss, output, truncate, state, sample_weight, need_input_grad):
+        """Core of `loss_and_grad`; also returns d loss / d X when asked."""
+        batch = self._batch(X, lengths, state, output)
+        val.check_choice("loss", loss, val.LOSSES)
+        targets = val.check_targets(y, loss, output, batch.lengths, batch.n_steps, self.n_outputs, self.dtype)
+        weights = val.check_sample_weight(sample_weight, batch.lengths.shape[0], self.dtype)
+        window = val.check_truncate(truncate)
+        if window >= batch.n_steps:
+            window = 0
+        per_sample = weights if output == "last" else weights * batch.lengths
+        denominator = float(per_sample.astype(np.float64).sum())
+        if loss != "cross_entropy":
+            denominator *= self.n_outputs
+        objective = _Objective(loss, output, targets, weights, 1.0 / denominator, batch.lengths)
+
+        grad = np.zeros_like(self.params)
+        if self.bidirectional or window == 0:
+            # The reverse direction needs the whole sequence, so the cut is
+            # applied inside one whole-sequence backward pass.
+            segments = [(0, batch.n_steps, window)]
+        else:
+            segments = [(t0, min(t0 + window, batch.n_steps), 0) for t0 in range(0, batch.n_steps, window)]
+        value = 0.0
+        input_grads = []
+        state_now = batch.state
+        for t0, t1, cut in segments:
+            seg_lengths = np.clip(batch.lengths - t0, 0, t1 - t0)
+            part, state_now, dx = self._segment(
+                batch.x[t0:t1], seg_lengths, state_now, objective, t0, cut, grad, need_input_grad
+            )
+            value += part
+            input_grads.append(dx)
+        input_grad = np.concatenate(input_grads).transpose(1, 0, 2) if need_input_grad else None
+        return value, grad, self._user_state(state_now), input_grad
+
+    def _segment(self, x, lengths, state, objective, t0, truncate, grad, need_input_grad):
+        """Forward, loss and backward over time steps ``t0 .. t0 + len(x)``.
+
+        Returns the segment's share of the loss, the state after it (per
+        layer and direction) and d loss / d x (or None); accumulates the
+        parameter gradient into ``grad``.
+        """
+        tapes, top = self._forward_layers(x, lengths, state)
+        n_steps, n_samples = x.shape[:2]
+        if objective.output == "last":
+            last = objective.lengths - 1
+            b_idx = np.nonzero((last >= t0) & (last < t0 + n_steps))[0]
+            t_idx = last[b_idx] - t0
+            features = self._last_features(tapes[-1], b_idx, t_idx)
+            targets = objective.targets[b_idx]
+        else:
+            t_idx, b_idx = np.nonzero(val.valid_mask(lengths, n_steps).T)
+            features = top[t_idx, b_idx]
+            targets = objective.targets[b_idx, t_idx + t0]
+        grads = self.unflatten(grad)
+        head_w = self._weights["head.weight"]
+        out = self._head(features)
+        d_out = np.empty_like(out)
+        value = _LOSS_KERNELS[objective.loss](
+            out, np.ascontiguousarray(targets), objective.weights[b_idx], objective.scale, d_out
+        )
+        grads["head.weight"] += d_out.T @ features
+        grads["head.bias"] += d_out.sum(axis=0)
+        d_features = d_out @ head_w
+
+        hidden = self.hidden_sizes[-1]
+        d_top = [np.zeros((n_steps, n_samples, hidden), self.dtype) for _ in range(self.n_directions)]
+        if objective.output == "last":
+            d_top[0][t_idx, b_idx] = d_features[:, :hidden]
+            if self.bidirectional:
+                d_top[1][0, b_idx] = d_features[:, hidden:]
+        else:
+            for direction in range(self.n_directions):
+                d_top[direction][t_idx, b_idx] = d_features[:, direction * hidden : (direction + 1) * hidden]
+        dx = self._backward_layers(tapes, lengths, d_top, truncate, t0, grads, need_input_grad)
+        return value, self._final_states(tapes), dx
+
+    # ------------------------------------------------------------ layer stack
+    def _forward_layers(self, x, lengths, state):
+        """Unroll every layer; returns the tapes and the top layer's output.
+
+        ``tapes[layer] = (layer_input, [tape per direction])``.
+        """
+        n_steps, n_samples = x.shape[:2]
+        use_relu = self.nonlinearity == "relu"
+        tapes = []
+        layer_input = x
+        for layer in range(len(self.hidden_sizes)):
+            directions = []
+            for direction in range(self.n_directions):
+                w_ih, w_hh, b_ih, b_hh = self._layer_weights(self._weights, layer, direction)
+                gates = np.matmul(layer_input.reshape(n_steps * n_samples, -1), w_ih.T)
+                gates += b_ih
+                gates = gates.reshape(n_steps, n_samples, -1)
+                tape = self._kernels.forward(
+                    gates, w_hh, b_hh, state[layer][direction], lengths, direction == 1, use_relu
+                )
+                directions.append((gates, tape))
+            tapes.append((layer_input, directions))
+            layer_input = self._layer_output(directions)
+        return tapes, layer_input
+
+    def _layer_output(self, directions):
+        """(T, B, H * n_directions) outputs of one layer, time-major."""
+        outputs = [_direction_output(tape[0], direction == 1) for direction, (_, tape) in enumerate(directions)]
+        if len(outputs) == 1:
+            return outputs[0]
+        return np.concatenate(outputs, axis=2)
+
+    def _backward_layers(self, tapes, lengths, d_top, truncate, t0, grads, need_input_grad):
+        """Back-propagate ``d_top`` through the stack, accumulating ``grads``."""
+        use_relu = self.nonlinearity == "relu"
+        d_outputs = d_top
+        dx = None
+        for layer in reversed(range(len(tapes))):
+            layer_input, directions = tapes[layer]
+            n_steps, n_samples, n_inputs = layer_input.shape
+            rows = n_steps * n_samples
+            want_dx = layer > 0 or need_input_grad
+            dx = np.zeros((rows, n_inputs), self.dtype) if want_dx else None
+            x2d = layer_input.reshape(rows, n_inputs)
+            for direction, (gates, tape) in enumerate(directions):
+                reverse = direction == 1
+                w_ih, w_hh, _, _ = self._layer_weights(self._weights, layer, direction)
+                g_ih, g_hh, gb_ih, gb_hh = self._layer_weights(grads, layer, direction)
+                rec_blocks = self._kernels.backward(
+                    gates, w_hh, tape, lengths, reverse, truncate, t0, d_outputs[direction], use_relu
+                )
+                d_in = gates.reshape(rows, -1)
+                g_ih += d_in.T @ x2d
+                gb_ih += d_in.sum(axis=0)
+                h_prev = _direction_input_state(tape[0], reverse).reshape(rows, -1)
+                for start, stop, block in rec_blocks:
+                    block2d = block.reshape(rows, -1)
+                    g_hh[start:stop] += block2d.T @ h_prev
+                    gb_hh[start:stop] += block2d.sum(axis=0)
+                if want_dx:
+                    dx += d_in @ w_ih
+            if layer > 0:
+                dx3 = dx.reshape(n_steps, n_samples, n_inputs)
+                hidden = self.hidden_sizes[layer - 1]
+                if self.bidirectional:
+                    d_outputs = [np.ascontiguousarray(dx3[..., :hidden]), np.ascontiguousarray(dx3[..., hidden:])]
+                else:
+                    d_outputs = [dx3]
+        return dx.reshape(tapes[0][0].shape) if need_input_grad else None
+
+    # ------------------------------------------------------------------ head
+    def _head(self, features):
+        return features @ self._weights["head.weight"].T + self._weights["head.bias"]
+
+    def _last_features(self, top_layer, b_idx, t_idx):
+        """Head input of "last" mode for samples ``b_idx`` ending at ``t_idx``."""
+        _, directions = top_layer
+        states = _direction_output(directions[0][1][0], False)
+        features = [states[t_idx, b_idx]]
+        if self.bidirectional:
+            features.append(_direction_output(directions[1][1][0], True)[0, b_idx])
+        return np.concatenate(features, axis=1)
+
+    # ----------------------------------------------------------------- state
+    def _final_state(self, tape, direction):
+        n_state = self._kernels.N_STATE
+        slot = 0 if direction == 1 else tape[0].shape[0] - 1
+        return tuple(np.array(buffer[slot]) for buffer in tape[:n_state])
+
+    def _final_states(self, tapes):
+        """``[layer][direction] -> tuple`` of state copies after the unroll."""
+        return [[self._final_state(tape, d) for d, (_, tape) in enumerate(layer[1])] for layer in tapes]
+
+    def _user_state(self, split):
+        """``[layer][direction] -> tuple`` to the public per-layer format."""
+        state = []
+        for directions in split:
+            stacked = tuple(np.stack(parts) for parts in zip(*directions))
+            state.append(stacked if self._kernels.N_STATE == 2 else stacked[0])
+        return state
+
+    def _batch(self, X, lengths, state, output):
+        """Validate a batch; returns it time-major with lengths and state."""
+        val.check_choice("output", output, val.OUTPUTS)
+        X = val.check_sequences(X, self.n_features, self.dtype)
+        n_samples, n_steps = X.shape[:2]
+        lengths = val.check_lengths(lengths, n_samples, n_steps)
+        split_state = val.check_state(
+            state, self.hidden_sizes, self.n_directions, self._kernels.N_STATE, n_samples, self.dtype
+        )
+        return _Batch(np.ascontiguousarray(X.transpose(1, 0, 2)), lengths, split_state, n_steps)
+
+
+class _Batch(NamedTuple):
+    """A validated batch, time-major, with its state split per layer and direction."""
+
+    x: np.ndarray
+    lengths: np.ndarray
+    state: list
+    n_steps: int
+
+
+class _Objective(NamedTuple):
+    """What the head is scored against, for the whole batch."""
+
+    loss: str
+    output: str
+    targets: np.ndarray
+    weights: np.ndarray
+    scale: float  # one over the normaliser of the weighted mean
+    lengths: np.ndarray  # whole-sequence lengths (segments see clipped ones)
+
+
+def _direction_output(h, reverse):
+    """Time-major outputs (T, B, H) of one direction from its state buffer."""
+    return h[:-1] if reverse else h[1:]
+
+
+def _direction_input_state(h, reverse):
+    """State read by each step (T, B, H) of one direction."""
+    return h[1:] if reverse else h[:-1]
+
+
+def _random_orthogonal(n, rng):
+    """A random orthogonal n x n matrix (Haar measure, Mezzadri 2007)."""
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
