@@ -36,3 +36,30 @@ def kernel(func=None, *, parallel=False):
         return numba.njit(**options)
     return numba.njit(**options)(func)
 
+
+
+_BLAS_CONTROLLER = None
+
+
+def serial_blas():
+    """Context manager holding BLAS to one thread.
+
+    The kernels parallelise over the batch with Numba's threads and call
+    BLAS between parallel regions many times per sequence.  A multithreaded
+    BLAS leaves its threads spinning after each call, and they then fight
+    Numba's threads for the cores: measured here on 2 cores, an LSTM step
+    went from 25 ms to over 1 s.  So BLAS runs single-threaded inside the
+    package's passes and the thread count is Numba's alone.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+    """
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        # Numba calls the BLAS that SciPy ships; load it before looking.
+        import scipy.linalg.cython_blas  # noqa: F401
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _validation as val
+from ._config import serial_blas
 from ._kernels import elman, gru, losses, lstm
 
 _CELL_KERNELS = {"rnn": elman, "lstm": lstm, "gru": gru}
@@ -227,7 +228,8 @@ class Network:
             continues them exactly (unidirectional networks).
         """
         batch = self._batch(X, lengths, state, output)
-        tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state)
+        with serial_blas():
+            tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state)
         if output == "last":
             rows = np.arange(batch.lengths.shape[0])
             features = self._last_features(tapes[-1], rows, batch.lengths - 1)
@@ -328,13 +330,14 @@ class Network:
         value = 0.0
         input_grads = []
         state_now = batch.state
-        for t0, t1, cut in segments:
-            seg_lengths = np.clip(batch.lengths - t0, 0, t1 - t0)
-            part, state_now, dx = self._segment(
-                batch.x[t0:t1], seg_lengths, state_now, objective, t0, cut, grad, need_input_grad
-            )
-            value += part
-            input_grads.append(dx)
+        with serial_blas():
+            for t0, t1, cut in segments:
+                seg_lengths = np.clip(batch.lengths - t0, 0, t1 - t0)
+                part, state_now, dx = self._segment(
+                    batch.x[t0:t1], seg_lengths, state_now, objective, t0, cut, grad, need_input_grad
+                )
+                value += part
+                input_grads.append(dx)
         input_grad = np.concatenate(input_grads).transpose(1, 0, 2) if need_input_grad else None
         return value, grad, self._user_state(state_now), input_grad
 

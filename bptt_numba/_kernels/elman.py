@@ -10,7 +10,7 @@ from numba import prange
 
 from .._config import kernel
 from ._recurrence import check_buffers, crosses_border, step_slots
-from .activations import drelu, dtanh, relu
+from .activations import drelu, dtanh, relu, tanh
 
 #: Leading buffers of the tape that form the recurrent state.
 N_STATE = 1
@@ -46,7 +46,7 @@ def elman_forward(gates, w_hh, b_hh, h, use_relu, lengths, reverse):
                 continue
             for j in range(hidden):
                 pre = gates[t, b, j] + rec[b, j] + b_hh[j]
-                h[new, b, j] = relu(pre) if use_relu else np.tanh(pre)
+                h[new, b, j] = relu(pre) if use_relu else tanh(pre)
 
 
 @kernel(parallel=True)

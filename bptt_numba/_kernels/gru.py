@@ -17,7 +17,7 @@ from numba import prange
 
 from .._config import kernel
 from ._recurrence import check_buffers, crosses_border, step_slots
-from .activations import dsigmoid, dtanh, one_minus, sigmoid
+from .activations import dsigmoid, dtanh, one_minus, sigmoid, tanh
 
 #: Leading buffers of the tape that form the recurrent state.
 N_STATE = 1
@@ -58,7 +58,7 @@ def gru_forward(gates, w_hh, b_hh, h, hn, lengths, reverse):
                 rg = sigmoid(a[j] + r[j] + b_hh[j])
                 zg = sigmoid(a[hidden + j] + r[hidden + j] + b_hh[hidden + j])
                 hnj = r[2 * hidden + j] + b_hh[2 * hidden + j]
-                ng = np.tanh(a[2 * hidden + j] + rg * hnj)
+                ng = tanh(a[2 * hidden + j] + rg * hnj)
                 h[new, b, j] = one_minus(zg) * ng + zg * h[prev, b, j]
                 hn[t, b, j] = hnj
                 a[j] = rg

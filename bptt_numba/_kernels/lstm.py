@@ -20,7 +20,7 @@ from numba import prange
 
 from .._config import kernel
 from ._recurrence import check_buffers, crosses_border, step_slots
-from .activations import dsigmoid, dtanh, sigmoid
+from .activations import dsigmoid, dtanh, sigmoid, tanh
 
 #: Leading buffers of the tape that form the recurrent state.
 N_STATE = 2
@@ -63,11 +63,11 @@ def lstm_forward(gates, w_hh, b_hh, h, c, lengths, reverse):
             for j in range(hidden):
                 ig = sigmoid(a[j] + r[j] + b_hh[j])
                 fg = sigmoid(a[hidden + j] + r[hidden + j] + b_hh[hidden + j])
-                gg = np.tanh(a[2 * hidden + j] + r[2 * hidden + j] + b_hh[2 * hidden + j])
+                gg = tanh(a[2 * hidden + j] + r[2 * hidden + j] + b_hh[2 * hidden + j])
                 og = sigmoid(a[3 * hidden + j] + r[3 * hidden + j] + b_hh[3 * hidden + j])
                 cj = fg * c[prev, b, j] + ig * gg
                 c[new, b, j] = cj
-                h[new, b, j] = og * np.tanh(cj)
+                h[new, b, j] = og * tanh(cj)
                 a[j] = ig
                 a[hidden + j] = fg
                 a[2 * hidden + j] = gg
@@ -128,7 +128,7 @@ def lstm_backward(gates, w_hh, h, c, lengths, reverse, truncate, t_offset, dh_ou
                 fg = da[hidden + j]
                 gg = da[2 * hidden + j]
                 og = da[3 * hidden + j]
-                tc = np.tanh(c[new, b, j])
+                tc = tanh(c[new, b, j])
                 dht = dh[b, j] + dh_out[t, b, j]
                 dct = dc[b, j] + dht * og * dtanh(tc)
                 dc[b, j] = dct * fg
