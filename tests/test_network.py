@@ -1,0 +1,318 @@
+"""Network against the NumPy reference, and its contract: state, truncation,
+threads, dtypes, weights I/O, initialisation and errors."""
+
+import itertools
+
+import numba
+import numpy as np
+import pytest
+
+import naive
+from bptt_numba import Network
+from problems import CELLS, make_problem, relative_error
+
+MODELS = list(itertools.product(CELLS, [(4,), (3, 5)], [False, True]))
+MODEL_IDS = [f"{c}-{nl}-{len(h)}L-{'bi' if b else 'uni'}" for (c, nl), h, b in MODELS]
+
+
+def _model(net):
+    return dict(
+        cell=net.cell, hidden_sizes=net.hidden_sizes, bidirectional=net.bidirectional, nonlinearity=net.nonlinearity
+    )
+
+
+@pytest.mark.parametrize("cell_nl, hidden, bidirectional", MODELS, ids=MODEL_IDS)
+@pytest.mark.parametrize("output", ["last", "sequence"])
+def test_forward_and_gradients_match_reference(cell_nl, hidden, bidirectional, output):
+    net, X, y, lengths, weights = make_problem(
+        *cell_nl, hidden, bidirectional, output, "mse", [7, 3, 6, 1], n_samples=4, n_steps=7, n_features=3
+    )
+    rng = np.random.default_rng(1)
+    n_state = 2 if net.cell == "lstm" else 1
+    state = [
+        tuple(rng.normal(size=(net.n_directions, 4, h)) for _ in range(n_state)) for h in hidden
+    ]
+    state = [s if n_state == 2 else s[0] for s in state]
+    Y, final = net.forward(X, lengths, state=state, output=output)
+    Y_ref, final_ref = naive.naive_forward(net.get_weights(), X, lengths, **_model(net), output=output, state=state)
+    np.testing.assert_allclose(Y, Y_ref, rtol=1e-12, atol=1e-12)
+    for got, want in zip(final, final_ref):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-12)
+
+    for truncate in (None, 3):
+        value, grads, _, input_grad = net._loss_and_grad(
+            X, y, lengths, "mse", output, truncate, state, weights, need_input_grad=True
+        )
+        value_ref, grads_ref, dX_ref = naive.naive_loss_and_grad(
+            net.get_weights(), X, y, lengths, **_model(net), output=output, loss="mse",
+            sample_weight=weights, state=state, truncate=truncate,
+        )
+        assert value == pytest.approx(value_ref, rel=1e-12)
+        for name, expected in grads_ref.items():
+            assert relative_error(net.unflatten(grads)[name], expected) < 1e-10, name
+        assert relative_error(input_grad, dX_ref) < 1e-10
+
+
+def test_weight_names_and_shapes_follow_pytorch():
+    net = Network(5, (4, 3), cell="gru", n_outputs=2, bidirectional=True)
+    shapes = {name: w.shape for name, w in net.get_weights().items()}
+    assert shapes["weight_ih_l0"] == (12, 5)
+    assert shapes["weight_hh_l0_reverse"] == (12, 4)
+    assert shapes["weight_ih_l1"] == (9, 8)
+    assert shapes["bias_hh_l1_reverse"] == (9,)
+    assert shapes["head.weight"] == (2, 6)
+    assert shapes["head.bias"] == (2,)
+    assert sum(np.prod(s) for s in shapes.values()) == net.params.size
+    # The named weights are views into the one flat vector.
+    net.params[:] = 0.25
+    assert all(np.all(w == 0.25) for w in net.get_weights().values())
+
+
+def test_set_weights_round_trip_and_errors():
+    net = Network(3, (4,), cell="lstm", random_state=0)
+    other = Network(3, (4,), cell="lstm", random_state=1)
+    other.set_weights(net.get_weights())
+    np.testing.assert_array_equal(other.params, net.params)
+    before = other.params.copy()
+    bad = net.get_weights()
+    bad["weight_hh_l0"] = np.zeros((16, 5))
+    with pytest.raises(ValueError, match="weight_hh_l0.*shape"):
+        other.set_weights(bad)
+    bad = net.get_weights()
+    bad["head.bias"] = np.array([np.nan])
+    with pytest.raises(ValueError, match="head.bias.*NaN"):
+        other.set_weights(bad)
+    bad = net.get_weights()
+    del bad["bias_ih_l0"]
+    bad["bias_ih_l9"] = np.zeros(16)
+    with pytest.raises(ValueError, match="missing.*bias_ih_l0.*unknown.*bias_ih_l9"):
+        other.set_weights(bad)
+    np.testing.assert_array_equal(other.params, before)  # nothing half-written
+
+
+def test_initialisation():
+    net = Network(6, (5,), cell="lstm", random_state=3)
+    w = net.get_weights()
+    for block in range(4):
+        q = w["weight_hh_l0"][block * 5 : (block + 1) * 5]
+        np.testing.assert_allclose(q @ q.T, np.eye(5), atol=1e-6)
+    np.testing.assert_array_equal(w["bias_ih_l0"][5:10], 1.0)
+    np.testing.assert_array_equal(np.delete(w["bias_ih_l0"], np.s_[5:10]), 0.0)
+    np.testing.assert_array_equal(w["bias_hh_l0"], 0.0)
+    limit = np.sqrt(6 / (20 + 6))
+    assert np.abs(w["weight_ih_l0"]).max() <= limit
+    np.testing.assert_array_equal(Network(6, (5,), random_state=3).params, net.params)
+    assert not np.array_equal(Network(6, (5,), random_state=4).params, net.params)
+    assert Network(6, (5,), cell="gru").get_weights()["bias_ih_l0"].max() == 0.0
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_truncate_at_least_length_is_full_bptt(cell):
+    net, X, y, lengths, _ = make_problem(cell, n_steps=6, lengths=[6, 4, 2])
+    full = net.loss_and_grad_vector(X, y, lengths)
+    for truncate in (6, 50):
+        cut = net.loss_and_grad_vector(X, y, lengths, truncate=truncate)
+        assert cut[0] == full[0]
+        np.testing.assert_array_equal(cut[1], full[1])
+    # and a real window changes the gradient but not the loss
+    cut = net.loss_and_grad_vector(X, y, lengths, truncate=2)
+    assert cut[0] == pytest.approx(full[0], rel=1e-14)
+    assert not np.allclose(cut[1], full[1])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_chunked_stateful_forward_equals_whole_sequence(cell):
+    net, X, _, _, _ = make_problem(cell, hidden_sizes=(4, 3), n_steps=9)
+    lengths = np.array([9, 9, 9])
+    Y, final = net.forward(X, output="sequence")
+    state, pieces = None, []
+    for t0, t1 in [(0, 4), (4, 5), (5, 9)]:
+        Y_part, state = net.forward(X[:, t0:t1], state=state, output="sequence")
+        pieces.append(Y_part)
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), Y, rtol=1e-13, atol=1e-13)
+    for a, b in zip(state, final):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-13)
+    # Same for "last": the last chunk's outputs are the whole-sequence ones.
+    Y_last, _ = net.forward(X[:, 5:], state=net.forward(X[:, :5], lengths=lengths - 4)[1], output="last")
+    np.testing.assert_allclose(Y_last, net.forward(X)[0], rtol=1e-13)
+
+
+def test_truncated_backward_holds_one_window_of_activations(monkeypatch):
+    net, X, y, lengths, _ = make_problem("lstm", n_steps=10, lengths=[10, 7, 3])
+    seen = []
+    original = Network._forward_layers
+
+    def recording(self, x, seg_lengths, state):
+        seen.append(x.shape[0])
+        return original(self, x, seg_lengths, state)
+
+    monkeypatch.setattr(Network, "_forward_layers", recording)
+    net.loss_and_grad_vector(X, y, lengths, truncate=4)
+    assert seen == [4, 4, 2]
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_results_do_not_depend_on_thread_count(cell):
+    net, X, y, lengths, weights = make_problem(
+        cell, hidden_sizes=(16, 8), bidirectional=True, n_samples=37, n_steps=12, lengths=None
+    )
+    lengths = np.random.default_rng(0).integers(1, 13, size=37)
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = net.loss_and_grad_vector(X, y, lengths, sample_weight=weights)
+        numba.set_num_threads(2)
+        two = net.loss_and_grad_vector(X, y, lengths, sample_weight=weights)
+        again = net.loss_and_grad_vector(X, y, lengths, sample_weight=weights)
+    finally:
+        numba.set_num_threads(previous)
+    assert relative_error(one[1], two[1]) < 1e-10
+    assert one[0] == pytest.approx(two[0], rel=1e-10)
+    np.testing.assert_array_equal(two[1], again[1])  # run to run: identical
+    assert two[0] == again[0]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_float32_agrees_with_float64(cell):
+    net64, X, y, lengths, _ = make_problem(cell, hidden_sizes=(8,), n_steps=10, lengths=[10, 6, 9])
+    net32 = Network(2, (8,), cell=cell, n_outputs=2, dtype="float32")
+    net32.set_weights(net64.get_weights())
+    Y64, _ = net64.forward(X, lengths, output="sequence")
+    Y32, _ = net32.forward(X, lengths, output="sequence")
+    assert Y32.dtype == np.float32
+    np.testing.assert_allclose(Y32, Y64, rtol=1e-4, atol=1e-5)
+    loss64, g64, _ = net64.loss_and_grad_vector(X, y, lengths)
+    loss32, g32, _ = net32.loss_and_grad_vector(X, y, lengths)
+    assert g32.dtype == np.float32
+    assert loss32 == pytest.approx(loss64, rel=1e-5)
+    assert relative_error(g32, g64) < 1e-4
+
+
+def test_padded_steps_change_nothing():
+    net, X, y, lengths, _ = make_problem("gru", bidirectional=True, output="sequence", lengths=[5, 2, 3])
+    mask = np.arange(5)[None, :] >= lengths[:, None]
+    X2, y2 = X.copy(), y.copy()
+    X2[mask] = 1e3
+    y2[mask] = 7.0
+    Y, _ = net.forward(X, lengths, output="sequence")
+    np.testing.assert_array_equal(Y[mask], 0.0)
+    np.testing.assert_array_equal(net.forward(X2, lengths, output="sequence")[0], Y)
+    a = net.loss_and_grad_vector(X, y, lengths, output="sequence")
+    b = net.loss_and_grad_vector(X2, y2, lengths, output="sequence")
+    assert a[0] == b[0]
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_losses_match_their_definitions():
+    net, X, _, lengths, _ = make_problem("lstm", n_outputs=3, lengths=[5, 3, 4])
+    Y, _ = net.forward(X, lengths)
+    labels = np.array([0, 2, 1])
+    log_softmax = Y - np.log(np.exp(Y).sum(axis=1, keepdims=True))
+    expected = -log_softmax[np.arange(3), labels].mean()
+    assert net.loss_and_grad(X, labels, lengths, loss="cross_entropy")[0] == pytest.approx(expected, rel=1e-12)
+    targets = np.random.default_rng(0).uniform(size=(3, 3))
+    p = 1 / (1 + np.exp(-Y))
+    expected = -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean()
+    assert net.loss_and_grad(X, targets, lengths, loss="binary_cross_entropy")[0] == pytest.approx(expected)
+    weights = np.array([1.0, 0.0, 3.0])
+    expected = (((Y - targets) ** 2).mean(axis=1) * weights).sum() / weights.sum()
+    got = net.loss_and_grad(X, targets, lengths, sample_weight=weights)[0]
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_extreme_logits_stay_finite():
+    net, X, _, _, _ = make_problem("rnn", n_outputs=3)
+    net.get_weights()  # untouched
+    net.unflatten(net.params)["head.bias"][:] = [800.0, -800.0, 0.0]
+    loss, grads, _ = net.loss_and_grad(X, np.array([1, 1, 2]), loss="cross_entropy")
+    assert np.isfinite(loss) and loss > 700
+    assert all(np.isfinite(g).all() for g in grads.values())
+    loss, grads, _ = net.loss_and_grad(X, np.ones((3, 3)), loss="binary_cross_entropy")
+    assert np.isfinite(loss) and all(np.isfinite(g).all() for g in grads.values())
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(cell="lstmm"), ValueError, "cell must be one of"),
+        (dict(hidden_sizes=(4, 0)), ValueError, "hidden size must be >= 1"),
+        (dict(hidden_sizes=()), ValueError, "at least one layer"),
+        (dict(n_outputs=0), ValueError, "n_outputs must be >= 1"),
+        (dict(dtype="float16"), ValueError, "dtype must be one of"),
+        (dict(nonlinearity="relu", cell="gru"), ValueError, "relu.*rnn"),
+        (dict(nonlinearity="sigmoid", cell="rnn"), ValueError, "nonlinearity must be one of"),
+        (dict(n_features=2.5), TypeError, "n_features must be an integer"),
+    ],
+)
+def test_bad_network_arguments(kwargs, error, match):
+    kwargs = {"n_features": 3, **kwargs}
+    with pytest.raises(error, match=match):
+        Network(**kwargs)
+
+
+def test_bad_batches_raise_clear_errors():
+    net = Network(2, (3,), n_outputs=2, dtype="float64")
+    X = np.zeros((3, 4, 2))
+    y = np.zeros((3, 2))
+    cases = [
+        (dict(X=np.zeros((3, 4))), ValueError, "3-D"),
+        (dict(X=np.zeros((3, 4, 5))), ValueError, "5 features.*expects 2"),
+        (dict(X=np.zeros((0, 4, 2))), ValueError, "at least one sample"),
+        (dict(X=np.full((3, 4, 2), np.nan)), ValueError, "X contains NaN"),
+        (dict(X=np.full((3, 4, 2), np.inf)), ValueError, "X contains infinity"),
+        (dict(X=np.full((3, 4, 2), "a")), TypeError, "real numbers"),
+        (dict(lengths=[4, 0, 2]), ValueError, "zero-length"),
+        (dict(lengths=[4, 5, 2]), ValueError, r"\[1, 4\]"),
+        (dict(lengths=[4, 2]), ValueError, "one per sample"),
+        (dict(y=np.zeros((3, 3))), ValueError, r"y must have shape \(3, 2\)"),
+        (dict(y=np.full((3, 2), np.nan)), ValueError, "y contains NaN"),
+        (dict(loss="hinge"), ValueError, "loss must be one of"),
+        (dict(output="all"), ValueError, "output must be one of"),
+        (dict(truncate=0), ValueError, "truncate must be >= 1"),
+        (dict(sample_weight=[1, -1, 1]), ValueError, "non-negative"),
+        (dict(state=[(np.zeros((1, 3, 4)),) * 2]), ValueError, r"state of layer 0 must have shape \(1, 3, 3\)"),
+        (dict(state=[np.zeros((1, 3, 3))]), ValueError, r"pair \(h, c\)"),
+        (dict(loss="cross_entropy", y=np.array([0, 1, 2])), ValueError, r"class indices must lie in \[0, 2\)"),
+        (dict(loss="binary_cross_entropy", y=np.full((3, 2), 2.0)), ValueError, r"\[0, 1\]"),
+    ]
+    for overrides, error, match in cases:
+        args = dict(X=X, y=y, lengths=None, loss="mse", output="last", truncate=None, state=None, sample_weight=None)
+        args.update(overrides)
+        with pytest.raises(error, match=match):
+            net.loss_and_grad(**args)
+
+
+def test_inputs_are_converted_not_rejected():
+    net = Network(2, (3,), dtype="float32", random_state=0)
+    X = np.arange(24).reshape(3, 4, 2)
+    expected, _ = net.forward(X.astype(np.float32))
+    for variant in (X, X.astype(np.float16), np.asfortranarray(X.astype(float)), X.astype(">f8"), X.tolist()):
+        if isinstance(variant, np.ndarray):
+            variant.setflags(write=False)
+        np.testing.assert_array_equal(net.forward(variant)[0], expected)
+
+
+def test_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    for cell, module in [("lstm", torch.nn.LSTM), ("gru", torch.nn.GRU), ("rnn", torch.nn.RNN)]:
+        net, X, y, lengths, _ = make_problem(
+            cell, hidden_sizes=(4, 4), bidirectional=True, n_samples=4, n_steps=6, lengths=[6, 2, 5, 3]
+        )
+        rnn = module(2, 4, num_layers=2, batch_first=True, bidirectional=True, dtype=torch.float64)
+        head = torch.nn.Linear(8, 2, dtype=torch.float64)
+        weights = net.get_weights()
+        with torch.no_grad():
+            for name, p in list(rnn.named_parameters()) + [("head." + n, p) for n, p in head.named_parameters()]:
+                p.copy_(torch.from_numpy(weights[name]))
+        packed = torch.nn.utils.rnn.pack_padded_sequence(
+            torch.from_numpy(X), torch.from_numpy(lengths), batch_first=True, enforce_sorted=False
+        )
+        _, h_n = rnn(packed)
+        h_n = h_n[0] if cell == "lstm" else h_n
+        out = head(torch.cat([h_n[-2], h_n[-1]], dim=1))
+        torch.nn.functional.mse_loss(out, torch.from_numpy(y)).backward()
+        np.testing.assert_allclose(net.forward(X, lengths)[0], out.detach().numpy(), rtol=1e-10, atol=1e-12)
+        _, grads, _ = net.loss_and_grad(X, y, lengths)
+        for name, p in list(rnn.named_parameters()) + [("head." + n, p) for n, p in head.named_parameters()]:
+            np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
