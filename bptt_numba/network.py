@@ -15,10 +15,9 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _validation as val
-from ._config import serial_blas
-from ._kernels import elman, gru, losses, lstm
+from ._config import batch_chunk, serial_blas
+from ._kernels import layers, losses
 
-_CELL_KERNELS = {"rnn": elman, "lstm": lstm, "gru": gru}
 _LOSS_KERNELS = {
     "mse": losses.mse,
     "cross_entropy": losses.cross_entropy,
@@ -88,7 +87,7 @@ class Network:
         if self.nonlinearity == "relu" and self.cell != "rnn":
             raise ValueError(f"nonlinearity='relu' applies to cell='rnn' only, not {self.cell!r}")
         self.dtype = val.check_dtype(dtype)
-        self._kernels = _CELL_KERNELS[self.cell]
+        self._kernels = layers.CELLS[self.cell]
         self._shapes = self._parameter_shapes()
         self.params = np.zeros(sum(int(np.prod(s)) for s in self._shapes.values()), dtype=self.dtype)
         self._weights = self.unflatten(self.params)
@@ -230,15 +229,15 @@ class Network:
         batch = self._batch(X, lengths, state, output)
         with serial_blas():
             tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state)
+        chunk = batch.x.shape[2]
+        true_lengths = batch.lengths[: batch.n_samples]
         if output == "last":
-            rows = np.arange(batch.lengths.shape[0])
-            features = self._last_features(tapes[-1], rows, batch.lengths - 1)
-            Y = self._head(features)
+            Y = self._head(self._last_features(tapes[-1], np.arange(batch.n_samples), true_lengths - 1, chunk))
         else:
-            t_idx, b_idx = np.nonzero(val.valid_mask(batch.lengths, batch.n_steps).T)
-            Y = np.zeros((batch.lengths.shape[0], batch.n_steps, self.n_outputs), dtype=self.dtype)
-            Y[b_idx, t_idx] = self._head(top[t_idx, b_idx])
-        return Y, self._user_state(self._final_states(tapes))
+            b_idx, t_idx = np.nonzero(val.valid_mask(true_lengths, batch.n_steps))
+            Y = np.zeros((batch.n_samples, batch.n_steps, self.n_outputs), dtype=self.dtype)
+            Y[b_idx, t_idx] = self._head(top[b_idx // chunk, t_idx, b_idx % chunk])
+        return Y, self._user_state(self._final_states(tapes), batch.n_samples)
 
     def loss_and_grad(
         self,
@@ -308,60 +307,69 @@ class Network:
     def _loss_and_grad(self, X, y, lengths, loss, output, truncate, state, sample_weight, need_input_grad):
         """Core of `loss_and_grad`; also returns d loss / d X when asked."""
         batch = self._batch(X, lengths, state, output)
+        n_samples, n_steps = batch.n_samples, batch.n_steps
+        true_lengths = batch.lengths[:n_samples]
         val.check_choice("loss", loss, val.LOSSES)
-        targets = val.check_targets(y, loss, output, batch.lengths, batch.n_steps, self.n_outputs, self.dtype)
-        weights = val.check_sample_weight(sample_weight, batch.lengths.shape[0], self.dtype)
+        targets = val.check_targets(y, loss, output, true_lengths, n_steps, self.n_outputs, self.dtype)
+        weights = val.check_sample_weight(sample_weight, n_samples, self.dtype)
         window = val.check_truncate(truncate)
-        if window >= batch.n_steps:
+        if window >= n_steps:
             window = 0
-        per_sample = weights if output == "last" else weights * batch.lengths
+        per_sample = weights if output == "last" else weights * true_lengths
         denominator = float(per_sample.astype(np.float64).sum())
         if loss != "cross_entropy":
             denominator *= self.n_outputs
-        objective = _Objective(loss, output, targets, weights, 1.0 / denominator, batch.lengths)
+        objective = _Objective(loss, output, targets, weights, 1.0 / denominator, true_lengths)
 
         grad = np.zeros_like(self.params)
         if self.bidirectional or window == 0:
             # The reverse direction needs the whole sequence, so the cut is
             # applied inside one whole-sequence backward pass.
-            segments = [(0, batch.n_steps, window)]
+            segments = [(0, n_steps, window)]
         else:
-            segments = [(t0, min(t0 + window, batch.n_steps), 0) for t0 in range(0, batch.n_steps, window)]
+            segments = [(t0, min(t0 + window, n_steps), 0) for t0 in range(0, n_steps, window)]
         value = 0.0
         input_grads = []
         state_now = batch.state
         with serial_blas():
             for t0, t1, cut in segments:
+                x = batch.x if len(segments) == 1 else np.ascontiguousarray(batch.x[:, t0:t1])
                 seg_lengths = np.clip(batch.lengths - t0, 0, t1 - t0)
-                part, state_now, dx = self._segment(
-                    batch.x[t0:t1], seg_lengths, state_now, objective, t0, cut, grad, need_input_grad
-                )
+                part, state_now, dx = self._segment(x, seg_lengths, state_now, objective, t0, cut, grad, need_input_grad)
                 value += part
                 input_grads.append(dx)
-        input_grad = np.concatenate(input_grads).transpose(1, 0, 2) if need_input_grad else None
-        return value, grad, self._user_state(state_now), input_grad
+        input_grad = None
+        if need_input_grad:
+            input_grad = _from_chunks(np.concatenate(input_grads, axis=1), n_samples)
+        return value, grad, self._user_state(state_now, n_samples), input_grad
 
     def _segment(self, x, lengths, state, objective, t0, truncate, grad, need_input_grad):
-        """Forward, loss and backward over time steps ``t0 .. t0 + len(x)``.
+        """Forward, loss and backward over time steps ``t0 .. t0 + T`` of a batch.
+
+        Parameters
+        ----------
+        x : ndarray of shape (K, T, C, D)
+            The segment, chunk-major.
+        lengths : ndarray of shape (K * C,)
+            Valid steps of each (padded) sample within the segment.
 
         Returns the segment's share of the loss, the state after it (per
         layer and direction) and d loss / d x (or None); accumulates the
         parameter gradient into ``grad``.
         """
         tapes, top = self._forward_layers(x, lengths, state)
-        n_steps, n_samples = x.shape[:2]
+        n_steps, chunk = x.shape[1], x.shape[2]
         if objective.output == "last":
             last = objective.lengths - 1
             b_idx = np.nonzero((last >= t0) & (last < t0 + n_steps))[0]
             t_idx = last[b_idx] - t0
-            features = self._last_features(tapes[-1], b_idx, t_idx)
+            features = self._last_features(tapes[-1], b_idx, t_idx, chunk)
             targets = objective.targets[b_idx]
         else:
-            t_idx, b_idx = np.nonzero(val.valid_mask(lengths, n_steps).T)
-            features = top[t_idx, b_idx]
+            b_idx, t_idx = np.nonzero(val.valid_mask(lengths[: objective.lengths.shape[0]], n_steps))
+            features = top[b_idx // chunk, t_idx, b_idx % chunk]
             targets = objective.targets[b_idx, t_idx + t0]
         grads = self.unflatten(grad)
-        head_w = self._weights["head.weight"]
         out = self._head(features)
         d_out = np.empty_like(out)
         value = _LOSS_KERNELS[objective.loss](
@@ -369,27 +377,32 @@ class Network:
         )
         grads["head.weight"] += d_out.T @ features
         grads["head.bias"] += d_out.sum(axis=0)
-        d_features = d_out @ head_w
+        d_features = d_out @ self._weights["head.weight"]
 
         hidden = self.hidden_sizes[-1]
-        d_top = [np.zeros((n_steps, n_samples, hidden), self.dtype) for _ in range(self.n_directions)]
+        d_top = [np.zeros(top.shape[:3] + (hidden,), self.dtype) for _ in range(self.n_directions)]
+        k_idx, i_idx = b_idx // chunk, b_idx % chunk
         if objective.output == "last":
-            d_top[0][t_idx, b_idx] = d_features[:, :hidden]
+            d_top[0][k_idx, t_idx, i_idx] = d_features[:, :hidden]
             if self.bidirectional:
-                d_top[1][0, b_idx] = d_features[:, hidden:]
+                d_top[1][k_idx, 0, i_idx] = d_features[:, hidden:]
         else:
             for direction in range(self.n_directions):
-                d_top[direction][t_idx, b_idx] = d_features[:, direction * hidden : (direction + 1) * hidden]
+                d_top[direction][k_idx, t_idx, i_idx] = d_features[:, direction * hidden : (direction + 1) * hidden]
         dx = self._backward_layers(tapes, lengths, d_top, truncate, t0, grads, need_input_grad)
         return value, self._final_states(tapes), dx
 
     # ------------------------------------------------------------ layer stack
     def _forward_layers(self, x, lengths, state):
-        """Unroll every layer; returns the tapes and the top layer's output.
+        """Unroll every layer of a chunk-major batch.
 
-        ``tapes[layer] = (layer_input, [tape per direction])``.
+        Returns
+        -------
+        tapes : list
+            ``tapes[layer] = (layer_input, [tape per direction])``.
+        top : ndarray of shape (K, T, C, H_top * n_directions)
+            The top layer's output.
         """
-        n_steps, n_samples = x.shape[:2]
         use_relu = self.nonlinearity == "relu"
         tapes = []
         layer_input = x
@@ -397,95 +410,78 @@ class Network:
             directions = []
             for direction in range(self.n_directions):
                 w_ih, w_hh, b_ih, b_hh = self._layer_weights(self._weights, layer, direction)
-                gates = np.matmul(layer_input.reshape(n_steps * n_samples, -1), w_ih.T)
-                gates += b_ih
-                gates = gates.reshape(n_steps, n_samples, -1)
-                tape = self._kernels.forward(
-                    gates, w_hh, b_hh, state[layer][direction], lengths, direction == 1, use_relu
+                directions.append(
+                    layers.forward(
+                        self.cell, layer_input, w_ih, b_ih, w_hh, b_hh, state[layer][direction], lengths,
+                        direction == 1, use_relu,
+                    )
                 )
-                directions.append((gates, tape))
             tapes.append((layer_input, directions))
-            layer_input = self._layer_output(directions)
+            outputs = [_direction_output(tape[1], direction == 1) for direction, tape in enumerate(directions)]
+            layer_input = np.concatenate(outputs, axis=3)
         return tapes, layer_input
-
-    def _layer_output(self, directions):
-        """(T, B, H * n_directions) outputs of one layer, time-major."""
-        outputs = [_direction_output(tape[0], direction == 1) for direction, (_, tape) in enumerate(directions)]
-        if len(outputs) == 1:
-            return outputs[0]
-        return np.concatenate(outputs, axis=2)
 
     def _backward_layers(self, tapes, lengths, d_top, truncate, t0, grads, need_input_grad):
         """Back-propagate ``d_top`` through the stack, accumulating ``grads``."""
         use_relu = self.nonlinearity == "relu"
         d_outputs = d_top
-        dx = None
         for layer in reversed(range(len(tapes))):
             layer_input, directions = tapes[layer]
-            n_steps, n_samples, n_inputs = layer_input.shape
-            rows = n_steps * n_samples
             want_dx = layer > 0 or need_input_grad
-            dx = np.zeros((rows, n_inputs), self.dtype) if want_dx else None
-            x2d = layer_input.reshape(rows, n_inputs)
-            for direction, (gates, tape) in enumerate(directions):
-                reverse = direction == 1
+            dx_total = None
+            for direction, tape in enumerate(directions):
                 w_ih, w_hh, _, _ = self._layer_weights(self._weights, layer, direction)
-                g_ih, g_hh, gb_ih, gb_hh = self._layer_weights(grads, layer, direction)
-                rec_blocks = self._kernels.backward(
-                    gates, w_hh, tape, lengths, reverse, truncate, t0, d_outputs[direction], use_relu
+                dx, layer_grads = layers.backward(
+                    self.cell, layer_input, w_ih, w_hh, tape, lengths, direction == 1, truncate, t0,
+                    d_outputs[direction], want_dx, use_relu,
                 )
-                d_in = gates.reshape(rows, -1)
-                g_ih += d_in.T @ x2d
-                gb_ih += d_in.sum(axis=0)
-                h_prev = _direction_input_state(tape[0], reverse).reshape(rows, -1)
-                for start, stop, block in rec_blocks:
-                    block2d = block.reshape(rows, -1)
-                    g_hh[start:stop] += block2d.T @ h_prev
-                    gb_hh[start:stop] += block2d.sum(axis=0)
+                for total, part in zip(self._layer_weights(grads, layer, direction), layer_grads):
+                    total += part
                 if want_dx:
-                    dx += d_in @ w_ih
+                    dx_total = dx if dx_total is None else dx_total + dx
             if layer > 0:
-                dx3 = dx.reshape(n_steps, n_samples, n_inputs)
                 hidden = self.hidden_sizes[layer - 1]
-                if self.bidirectional:
-                    d_outputs = [np.ascontiguousarray(dx3[..., :hidden]), np.ascontiguousarray(dx3[..., hidden:])]
-                else:
-                    d_outputs = [dx3]
-        return dx.reshape(tapes[0][0].shape) if need_input_grad else None
+                d_outputs = [
+                    np.ascontiguousarray(dx_total[..., d * hidden : (d + 1) * hidden]) for d in range(self.n_directions)
+                ]
+        return dx_total if need_input_grad else None
 
     # ------------------------------------------------------------------ head
     def _head(self, features):
         return features @ self._weights["head.weight"].T + self._weights["head.bias"]
 
-    def _last_features(self, top_layer, b_idx, t_idx):
+    def _last_features(self, top_layer, b_idx, t_idx, chunk):
         """Head input of "last" mode for samples ``b_idx`` ending at ``t_idx``."""
         _, directions = top_layer
-        states = _direction_output(directions[0][1][0], False)
-        features = [states[t_idx, b_idx]]
+        k_idx, i_idx = b_idx // chunk, b_idx % chunk
+        features = [_direction_output(directions[0][1], False)[k_idx, t_idx, i_idx]]
         if self.bidirectional:
-            features.append(_direction_output(directions[1][1][0], True)[0, b_idx])
+            features.append(_direction_output(directions[1][1], True)[k_idx, 0, i_idx])
         return np.concatenate(features, axis=1)
 
     # ----------------------------------------------------------------- state
-    def _final_state(self, tape, direction):
-        n_state = self._kernels.N_STATE
-        slot = 0 if direction == 1 else tape[0].shape[0] - 1
-        return tuple(np.array(buffer[slot]) for buffer in tape[:n_state])
-
     def _final_states(self, tapes):
-        """``[layer][direction] -> tuple`` of state copies after the unroll."""
-        return [[self._final_state(tape, d) for d, (_, tape) in enumerate(layer[1])] for layer in tapes]
+        """``[layer][direction] -> tuple`` of (K, C, H) state copies after the unroll."""
+        n_state = self._kernels.N_STATE
+        finals = []
+        for _, directions in tapes:
+            per_direction = []
+            for direction, tape in enumerate(directions):
+                slot = 0 if direction == 1 else tape[1].shape[1] - 1
+                per_direction.append(tuple(buffer[:, slot].copy() for buffer in tape[1 : 1 + n_state]))
+            finals.append(per_direction)
+        return finals
 
-    def _user_state(self, split):
-        """``[layer][direction] -> tuple`` to the public per-layer format."""
+    def _user_state(self, split, n_samples):
+        """``[layer][direction] -> tuple`` of chunked states to the public per-layer format."""
         state = []
         for directions in split:
-            stacked = tuple(np.stack(parts) for parts in zip(*directions))
+            stacked = tuple(np.stack([_from_chunks(part, n_samples) for part in parts]) for parts in zip(*directions))
             state.append(stacked if self._kernels.N_STATE == 2 else stacked[0])
         return state
 
     def _batch(self, X, lengths, state, output):
-        """Validate a batch; returns it time-major with lengths and state."""
+        """Validate a batch; returns it chunk-major with lengths and state."""
         val.check_choice("output", output, val.OUTPUTS)
         X = val.check_sequences(X, self.n_features, self.dtype)
         n_samples, n_steps = X.shape[:2]
@@ -493,15 +489,20 @@ class Network:
         split_state = val.check_state(
             state, self.hidden_sizes, self.n_directions, self._kernels.N_STATE, n_samples, self.dtype
         )
-        return _Batch(np.ascontiguousarray(X.transpose(1, 0, 2)), lengths, split_state, n_steps)
+        chunk = batch_chunk(n_samples)
+        x = np.ascontiguousarray(_to_chunks(X, chunk).transpose(0, 2, 1, 3))
+        chunked_state = [[tuple(_to_chunks(a, chunk) for a in parts) for parts in layer] for layer in split_state]
+        padded_lengths = _to_chunks(lengths, chunk).reshape(-1)
+        return _Batch(x, padded_lengths, chunked_state, n_samples, n_steps)
 
 
 class _Batch(NamedTuple):
-    """A validated batch, time-major, with its state split per layer and direction."""
+    """A validated batch, chunk-major, its state split per layer and direction."""
 
-    x: np.ndarray
-    lengths: np.ndarray
+    x: np.ndarray  # (K, T, C, D)
+    lengths: np.ndarray  # (K * C,): zero for the padding samples
     state: list
+    n_samples: int
     n_steps: int
 
 
@@ -517,13 +518,23 @@ class _Objective(NamedTuple):
 
 
 def _direction_output(h, reverse):
-    """Time-major outputs (T, B, H) of one direction from its state buffer."""
-    return h[:-1] if reverse else h[1:]
+    """Outputs (K, T, C, H) of one direction from its state buffer."""
+    return h[:, :-1] if reverse else h[:, 1:]
 
 
-def _direction_input_state(h, reverse):
-    """State read by each step (T, B, H) of one direction."""
-    return h[1:] if reverse else h[:-1]
+def _to_chunks(a, chunk):
+    """(B, ...) -> (K, C, ...), padding with zero samples to a whole chunk."""
+    n_chunks = -(-a.shape[0] // chunk)
+    padded = np.zeros((n_chunks * chunk,) + a.shape[1:], dtype=a.dtype)
+    padded[: a.shape[0]] = a
+    return padded.reshape((n_chunks, chunk) + a.shape[1:])
+
+
+def _from_chunks(a, n_samples):
+    """Inverse of `_to_chunks` for (K, C, ...) states or (K, T, C, ...) sequences."""
+    if a.ndim == 4:
+        a = a.transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(a.reshape((-1,) + a.shape[2:])[:n_samples])
 
 
 def _random_orthogonal(n, rng):

@@ -7,98 +7,92 @@ import numpy as np
 import pytest
 
 import naive
-from bptt_numba._kernels import activations, elman, gru, losses, lstm
+from bptt_numba._kernels import activations, layers, losses
 from problems import relative_error
 
-CELL_KERNELS = {"lstm": lstm, "gru": gru, "rnn": elman}
-
-
-def _layer_case(cell, reverse, seed=0):
+def _layer_case(cell, seed=0):
+    """One layer's weights and a batch of 4 samples in 2 chunks of 2."""
     rng = np.random.default_rng(seed)
     n_steps, batch, n_in, hidden = 6, 4, 3, 5
-    n_gates = CELL_KERNELS[cell].N_GATES
+    n_gates = layers.CELLS[cell].N_GATES
     params = naive.CellParams(
         rng.uniform(-0.7, 0.7, (n_gates * hidden, n_in)),
         rng.uniform(-0.7, 0.7, (n_gates * hidden, hidden)),
         rng.uniform(-0.5, 0.5, n_gates * hidden),
         rng.uniform(-0.5, 0.5, n_gates * hidden),
     )
-    x = rng.normal(size=(n_steps, batch, n_in))
+    x = rng.normal(size=(batch, n_steps, n_in))
     lengths = np.array([6, 1, 4, 6], dtype=np.int64)
-    state0 = tuple(rng.normal(size=(batch, hidden)) for _ in range(CELL_KERNELS[cell].N_STATE))
+    state0 = tuple(rng.normal(size=(batch, hidden)) for _ in range(layers.CELLS[cell].N_STATE))
     return params, x, lengths, state0
 
 
-def _reference_layer(cell, params, x, lengths, state0, reverse, nonlinearity):
-    """Outputs (T, B, H) and final states of one layer, by the reference steps."""
-    n_steps, batch, _ = x.shape
-    outputs = np.zeros((n_steps, batch, params.W_hh.shape[1]))
-    finals = []
-    for b in range(batch):
-        state = tuple(s[b] for s in state0)
-        for t in naive.processing_order(lengths[b], reverse):
-            state, _ = naive.cell_step(cell, params, x[t, b], state, nonlinearity)
-            outputs[t, b] = state[0]
-        finals.append(state)
-    return outputs, finals
+def _chunked(a):
+    """(B, T, ...) -> (K, T, C, ...) with C = 2; (B, H) states -> (K, C, H)."""
+    a = a.reshape((2, 2) + a.shape[1:])
+    return np.ascontiguousarray(a.transpose(0, 2, 1, 3)) if a.ndim == 4 else a
+
+
+def _unchunked(a):
+    """Inverse of `_chunked` for (K, T, C, ...) buffers."""
+    return a.transpose(0, 2, 1, 3).reshape((4,) + a.shape[1:2] + a.shape[3:])
+
+
+def _run_forward(cell, nonlinearity, params, x, lengths, state0, reverse):
+    return layers.forward(
+        cell, _chunked(x), params.W_ih, params.b_ih, params.W_hh, params.b_hh,
+        tuple(_chunked(s) for s in state0), lengths, reverse, nonlinearity == "relu",
+    )
 
 
 @pytest.mark.parametrize("cell, nonlinearity", [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_forward_wrapper_matches_reference_steps(cell, nonlinearity, reverse):
-    params, x, lengths, state0 = _layer_case(cell, reverse)
-    gates = np.ascontiguousarray(x @ params.W_ih.T + params.b_ih)
-    tape = CELL_KERNELS[cell].forward(
-        gates, params.W_hh, params.b_hh, state0, lengths, reverse, nonlinearity == "relu"
-    )
-    outputs, finals = _reference_layer(cell, params, x, lengths, state0, reverse, nonlinearity)
-    h = tape[0][:-1] if reverse else tape[0][1:]
-    valid = np.arange(x.shape[0])[:, None] < lengths[None, :]
-    np.testing.assert_allclose(h[valid], outputs[valid], rtol=1e-12, atol=1e-13)
-    final_slot = 0 if reverse else x.shape[0]
-    for b, final in enumerate(finals):
-        for buffer, expected in zip(tape, final):
-            np.testing.assert_allclose(buffer[final_slot, b], expected, rtol=1e-12, atol=1e-13)
+    params, x, lengths, state0 = _layer_case(cell)
+    tape = _run_forward(cell, nonlinearity, params, x, lengths, state0, reverse)
+    h = _unchunked(tape[1])
+    for b in range(x.shape[0]):
+        state = tuple(s[b] for s in state0)
+        for t in naive.processing_order(lengths[b], reverse):
+            state, _ = naive.cell_step(cell, params, x[b, t], state, nonlinearity)
+            np.testing.assert_allclose(h[b, t if reverse else t + 1], state[0], rtol=1e-12, atol=1e-13)
+        final_slot = 0 if reverse else x.shape[1]
+        for buffer, expected in zip(tape[1:1 + len(state)], state):
+            np.testing.assert_allclose(_unchunked(buffer)[b, final_slot], expected, rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell, nonlinearity", [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("truncate", [0, 2])
-def test_backward_wrapper_matches_reference(cell, reverse, truncate):
-    """Weight gradients formed from the kernel's outputs equal the reference's."""
-    params, x, lengths, state0 = _layer_case(cell, reverse, seed=1)
-    module = CELL_KERNELS[cell]
-    gates = np.ascontiguousarray(x @ params.W_ih.T + params.b_ih)
-    tape = module.forward(gates, params.W_hh, params.b_hh, state0, lengths, reverse)
-    dh_out = np.random.default_rng(2).normal(size=tape[0][1:].shape)
-    dh_out[np.arange(x.shape[0])[:, None] >= lengths[None, :]] = 0.0
-    blocks = module.backward(gates, params.W_hh, tape, lengths, reverse, truncate, 0, dh_out)
-    rows = x.shape[0] * x.shape[1]
-    h_prev = (tape[0][1:] if reverse else tape[0][:-1]).reshape(rows, -1)
-    g_w_ih = gates.reshape(rows, -1).T @ x.reshape(rows, -1)
-    g_w_hh = np.zeros_like(params.W_hh)
-    for start, stop, block in blocks:
-        g_w_hh[start:stop] = block.reshape(rows, -1).T @ h_prev
-
-    # Reference: the one-layer network whose loss is sum(dh_out * outputs).
-    expected_ih, expected_hh = np.zeros_like(params.W_ih), np.zeros_like(params.W_hh)
-    for b in range(x.shape[1]):
-        caches, states = [], [tuple(s[b] for s in state0)]
+def test_backward_wrapper_matches_reference(cell, nonlinearity, reverse, truncate):
+    """Gradients of ``sum(dh_out * outputs)`` against the reference steps."""
+    params, x, lengths, state0 = _layer_case(cell, seed=1)
+    tape = _run_forward(cell, nonlinearity, params, x, lengths, state0, reverse)
+    dh_out = np.random.default_rng(2).normal(size=(4, x.shape[1], params.W_hh.shape[1]))
+    dh_out[np.arange(x.shape[1])[None, :] >= lengths[:, None]] = 0.0
+    dx, grads = layers.backward(
+        cell, _chunked(x), params.W_ih, params.W_hh, tape, lengths, reverse, truncate, 0, _chunked(dh_out),
+        True, nonlinearity == "relu",
+    )
+    expected = [np.zeros_like(p) for p in (params.W_ih, params.W_hh, params.b_ih, params.b_hh)]
+    expected_dx = np.zeros_like(x)
+    for b in range(x.shape[0]):
+        caches, state = [], tuple(s[b] for s in state0)
         order = naive.processing_order(lengths[b], reverse)
         for t in order:
-            state, cache = naive.cell_step(cell, params, x[t, b], states[-1])
+            state, cache = naive.cell_step(cell, params, x[b, t], state, nonlinearity)
             caches.append(cache)
-            states.append(state)
-        d_state = tuple(np.zeros_like(s) for s in states[0])
+        d_state = tuple(np.zeros_like(s) for s in state)
         for t, cache in zip(reversed(order), reversed(caches)):
-            d_state = (d_state[0] + dh_out[t, b],) + d_state[1:]
-            _, d_state, grads = naive.cell_step_backward(cell, params, cache, d_state)
-            expected_ih += grads.W_ih
-            expected_hh += grads.W_hh
+            d_state = (d_state[0] + dh_out[b, t],) + d_state[1:]
+            expected_dx[b, t], d_state, step = naive.cell_step_backward(cell, params, cache, d_state, nonlinearity)
+            for total, part in zip(expected, (step.W_ih, step.W_hh, step.b_ih, step.b_hh)):
+                total += part
             if truncate and naive.crosses_border(t, lengths[b], reverse, truncate):
                 d_state = tuple(np.zeros_like(s) for s in d_state)
-    assert relative_error(g_w_ih, expected_ih) < 1e-12
-    assert relative_error(g_w_hh, expected_hh) < 1e-12
+    for got, want in zip(grads, expected):
+        assert relative_error(got, want) < 1e-12
+    assert relative_error(_unchunked(dx), expected_dx) < 1e-12
 
 
 @pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy", "cross_entropy"])
@@ -141,29 +135,35 @@ def test_float32_tanh_is_accurate_and_bounded():
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_float32_kernels_do_no_float64_arithmetic(cell):
+def test_float32_kernels_do_no_float64_arithmetic(cell, monkeypatch):
     """float32 gate math must not be silently promoted to float64.
 
-    Cached dispatchers cannot show their IR, so the kernels' source is
-    compiled afresh (serial, uncached) and its LLVM IR searched for
-    floating-point arithmetic on doubles; the float64 build shows that the
-    search would find them.
+    Cached dispatchers cannot show their IR, so the wrappers are made to run
+    fresh (serial, uncached) compilations of the kernels' source, whose LLVM
+    IR is searched for floating-point arithmetic on doubles; the float64
+    build shows that the search would find them.
     """
-    pattern = re.compile(r"= (?:fadd|fsub|fmul|fdiv|fcmp \w+)[^\n]* double ")
-    module = CELL_KERNELS[cell]
-    prefix = module.__name__.rsplit(".", 1)[1]
-    params, x, lengths, state0 = _layer_case(cell, False)
+    # Arithmetic on doubles, or a float widened to double.  (Comparisons are
+    # left out: Numba's reshape compares sizes converted to double.)
+    pattern = re.compile(r"= (?:fadd|fsub|fmul|fdiv)[^\n]* double |= fpext float ")
+    fresh = {}
+
+    def fresh_kernel(cell_name, kind):
+        key = (cell_name, kind)
+        if key not in fresh:
+            fresh[key] = numba.njit(error_model="numpy")(original(cell_name, kind).py_func)
+        return fresh[key]
+
+    original = layers._kernel
+    monkeypatch.setattr(layers, "_kernel", fresh_kernel)
+    params, x, lengths, state0 = _layer_case(cell)
     for dtype in (np.float32, np.float64):
-        forward = numba.njit(getattr(module, f"{prefix}_forward").py_func)
-        backward = numba.njit(getattr(module, f"{prefix}_backward").py_func)
-        w_hh, b_hh, gates = (a.astype(dtype) for a in (params.W_hh, params.b_hh, x @ params.W_ih.T))
-        n_steps, batch, hidden = x.shape[0], x.shape[1], w_hh.shape[1]
-        h = np.zeros((n_steps + 1, batch, hidden), dtype)
-        aux = np.zeros((n_steps + 1, batch, hidden), dtype)  # c (lstm), W_hn h (gru)
-        dh_out = np.ones((n_steps, batch, hidden), dtype)
-        middle = (False,) if cell == "rnn" else (aux,)
-        forward(gates, w_hh, b_hh, h, *middle, lengths, False)
-        backward(gates, w_hh, h, *middle, lengths, False, 0, 0, dh_out)
-        for kernel in (forward, backward):
+        fresh.clear()
+        cast = naive.CellParams(*(p.astype(dtype) for p in params))
+        tape = _run_forward(cell, "tanh", cast, x.astype(dtype), lengths, tuple(s.astype(dtype) for s in state0), False)
+        dh_out = np.ones(tape[1][:, 1:].shape, dtype)
+        layers.backward(cell, _chunked(x.astype(dtype)), cast.W_ih, cast.W_hh, tape, lengths, False, 0, 0, dh_out, True)
+        assert len(fresh) == 2
+        for kernel in fresh.values():
             (ir,) = kernel.inspect_llvm().values()
             assert bool(pattern.search(ir)) == (dtype == np.float64), (kernel.__name__, dtype)

@@ -143,7 +143,7 @@ def test_truncated_backward_holds_one_window_of_activations(monkeypatch):
     original = Network._forward_layers
 
     def recording(self, x, seg_lengths, state):
-        seen.append(x.shape[0])
+        seen.append(x.shape[1])  # (chunks, time, chunk, features)
         return original(self, x, seg_lengths, state)
 
     monkeypatch.setattr(Network, "_forward_layers", recording)

@@ -1,12 +1,21 @@
-"""Time-index bookkeeping shared by the recurrent kernels.
+"""Buffer layout and the pieces shared by the recurrent kernels.
 
-States live in time-major buffers of ``T + 1`` slots.  A forward-direction
-layer keeps its initial state in slot 0 and the state after step ``t`` in slot
+The batch is cut into ``K`` chunks of ``C`` samples (the last padded with
+zero-length samples), and every buffer is chunk-major and then time-major:
+``(K, T, C, features)``.  Each chunk is one ``prange`` task that runs the
+whole time loop of its samples with its own small GEMMs, so a layer is one
+parallel region, and every chunk's data are contiguous for those GEMMs.  The
+chunking depends on the batch size only, never on the thread count, so the
+results do not depend on the thread count either.
+
+States live in buffers of ``T + 1`` time slots.  A forward-direction layer
+keeps its initial state in slot 0 and the state after step ``t`` in slot
 ``t + 1``; a reverse-direction layer keeps its initial state in slot ``T`` and
 the state after step ``t`` in slot ``t``.  Either way the layer's output at
 step ``t`` and the state it read are contiguous slices of one buffer.
 """
 
+import numpy as np
 from numba.extending import register_jitable
 
 
@@ -43,17 +52,58 @@ def crosses_border(t, reverse, t_offset, truncate):
     return later % truncate == 0
 
 
-def check_buffers(*arrays):
-    """Raise if the buffers handed to a kernel would force a new compilation.
+@register_jitable
+def project_inputs(x, w_ih_t, b_ih, gates):
+    """``gates = x W_ih^T + b_ih`` for every step of one chunk: one GEMM.
 
-    Every buffer must be C-contiguous and share one float dtype: a strided
-    view or a stray float64 array would silently compile (and run) another
-    specialisation of the kernel.
+    Parameters
+    ----------
+    x : ndarray of shape (T, C, D)
+    w_ih_t : ndarray of shape (D, G)
+        ``W_ih`` transposed (and contiguous: BLAS runs the small GEMMs of
+        a chunk several times faster untransposed).
+    b_ih : ndarray of shape (G,)
+    gates : ndarray of shape (T, C, G)
+        Written.
     """
-    dtype = arrays[0].dtype
-    for array in arrays:
-        if array.dtype != dtype or not array.flags.c_contiguous:
-            raise TypeError(
-                f"kernel buffers must be C-contiguous {dtype}; got {array.dtype} "
-                f"with shape {array.shape} (contiguous={array.flags.c_contiguous})"
-            )
+    rows = x.shape[0] * x.shape[1]
+    out = gates.reshape((rows, gates.shape[2]))
+    np.dot(x.reshape((rows, x.shape[2])), w_ih_t, out)
+    for r in range(rows):
+        for g in range(out.shape[1]):
+            out[r, g] += b_ih[g]
+
+
+@register_jitable
+def chunk_gradients(x, h_prev, d_in, d_rec, w_ih, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dx):
+    """Weight, bias and input gradients of one chunk: GEMMs over all its steps.
+
+    Parameters
+    ----------
+    x : ndarray of shape (T, C, D)
+        The layer input.
+    h_prev : ndarray of shape (T, C, H)
+        The state each step read.
+    d_in, d_rec : ndarray of shape (T, C, G)
+        Gradient w.r.t. the input-side and recurrent-side pre-activations
+        (the same array except for the GRU); zero at padded steps.
+    w_ih : ndarray of shape (G, D)
+    g_w_ih, g_w_hh, g_b_ih, g_b_hh : ndarray
+        Written: this chunk's share of each gradient.
+    dx : ndarray of shape (T, C, D) or empty
+        Written when not empty: d loss / d x.
+    """
+    rows = x.shape[0] * x.shape[1]
+    d_in2 = d_in.reshape((rows, d_in.shape[2]))
+    d_rec2 = d_rec.reshape((rows, d_rec.shape[2]))
+    np.dot(d_in2.T, x.reshape((rows, x.shape[2])), g_w_ih)
+    np.dot(d_rec2.T, h_prev.reshape((rows, h_prev.shape[2])), g_w_hh)
+    g_b_ih[:] = 0
+    g_b_hh[:] = 0
+    for r in range(rows):
+        for g in range(d_in2.shape[1]):
+            g_b_ih[g] += d_in2[r, g]
+            g_b_hh[g] += d_rec2[r, g]
+    if dx.size:
+        np.dot(d_in2, w_ih, dx.reshape((rows, dx.shape[2])))
+

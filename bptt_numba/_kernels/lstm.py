@@ -9,176 +9,149 @@ Gate blocks are stacked in PyTorch's order i, f, g, o::
     c' = f * c + i * g
     h' = o * tanh(c')
 
-The input projection of all steps is one GEMM done by the caller; each step
-here is one recurrent GEMM for the whole batch (outside the parallel region)
-followed by fused gate math in a ``prange`` over samples.  Samples never share
-an output element, so results do not depend on the thread count.
+Buffers are chunk-major (see ``_recurrence``); each chunk of samples is one
+``prange`` task: one GEMM for its input projection, one small recurrent GEMM
+per step followed by the fused gate math, and after the backward sweep its
+weight gradients as GEMMs over all its steps.
 """
 
 import numpy as np
 from numba import prange
 
 from .._config import kernel
-from ._recurrence import check_buffers, crosses_border, step_slots
+from ._recurrence import chunk_gradients, crosses_border, project_inputs, step_slots
 from .activations import dsigmoid, dtanh, sigmoid, tanh
 
-#: Leading buffers of the tape that form the recurrent state.
-N_STATE = 2
+#: Gate blocks per layer, and state buffers (h, c) after the gates in a tape.
 N_GATES = 4
+N_STATE = 2
+
+
+def aux_shape(n_chunks, n_steps, chunk, hidden):
+    """Shape of the cell-state buffer ``c``."""
+    return (n_chunks, n_steps + 1, chunk, hidden)
 
 
 @kernel(parallel=True)
-def lstm_forward(gates, w_hh, b_hh, h, c, lengths, reverse):
-    """Unroll an LSTM layer over time, in place.
+def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, use_relu):
+    """Unroll an LSTM layer over time.
 
     Parameters
     ----------
-    gates : ndarray of shape (T, B, 4H)
-        On entry the input projection ``x W_ih^T + b_ih`` of every step; on
-        exit the activated gates i, f, g, o (kept for the backward pass).
-    w_hh : ndarray of shape (4H, H)
-    b_hh : ndarray of shape (4H,)
-    h, c : ndarray of shape (T + 1, B, H)
-        Hidden and cell states; the initial state must be in its slot
-        (see ``_recurrence``), the other slots are written.
-    lengths : ndarray of shape (B,), int64
+    x : ndarray of shape (K, T, C, D)
+        Layer input.
+    w_ih_t, b_ih, w_hh_t, b_hh : ndarray
+        Weights: the transposes of PyTorch's, contiguous, (D, 4H) and
+        (H, 4H), then the biases (4H,).
+    gates : ndarray of shape (K, T, C, 4H)
+        Written: the activated gates i, f, g, o, kept for the backward pass.
+    h, c : ndarray of shape (K, T + 1, C, H)
+        Hidden and cell states; the initial state must be in its slot, the
+        other slots are written.
+    lengths : ndarray of shape (K * C,), int64
         Valid steps per sample; a sample's state is frozen after them.
     reverse : bool
         Process time backwards (the reverse direction of a bidirectional
         layer).
+    use_relu : bool
+        Unused (uniform signature across cells).
     """
-    n_steps, batch, n_gates = gates.shape
-    hidden = n_gates // 4
-    rec = np.empty((batch, n_gates), dtype=gates.dtype)
-    for s in range(n_steps):
-        t, prev, new = step_slots(s, n_steps, reverse)
-        np.dot(h[prev], w_hh.T, rec)
-        for b in prange(batch):
-            if t >= lengths[b]:
-                h[new, b] = h[prev, b]
-                c[new, b] = c[prev, b]
-                continue
-            a = gates[t, b]
-            r = rec[b]
-            for j in range(hidden):
-                ig = sigmoid(a[j] + r[j] + b_hh[j])
-                fg = sigmoid(a[hidden + j] + r[hidden + j] + b_hh[hidden + j])
-                gg = tanh(a[2 * hidden + j] + r[2 * hidden + j] + b_hh[2 * hidden + j])
-                og = sigmoid(a[3 * hidden + j] + r[3 * hidden + j] + b_hh[3 * hidden + j])
-                cj = fg * c[prev, b, j] + ig * gg
-                c[new, b, j] = cj
-                h[new, b, j] = og * tanh(cj)
-                a[j] = ig
-                a[hidden + j] = fg
-                a[2 * hidden + j] = gg
-                a[3 * hidden + j] = og
+    n_chunks, n_steps, chunk, _ = x.shape
+    hidden = w_hh_t.shape[0]
+    for k in prange(n_chunks):
+        project_inputs(x[k], w_ih_t, b_ih, gates[k])
+        rec = np.empty((chunk, 4 * hidden), dtype=gates.dtype)
+        for s in range(n_steps):
+            t, prev, new = step_slots(s, n_steps, reverse)
+            np.dot(h[k, prev], w_hh_t, rec)
+            for i in range(chunk):
+                if t >= lengths[k * chunk + i]:
+                    h[k, new, i] = h[k, prev, i]
+                    c[k, new, i] = c[k, prev, i]
+                    continue
+                a = gates[k, t, i]
+                r = rec[i]
+                for j in range(hidden):
+                    ig = sigmoid(a[j] + r[j] + b_hh[j])
+                    fg = sigmoid(a[hidden + j] + r[hidden + j] + b_hh[hidden + j])
+                    gg = tanh(a[2 * hidden + j] + r[2 * hidden + j] + b_hh[2 * hidden + j])
+                    og = sigmoid(a[3 * hidden + j] + r[3 * hidden + j] + b_hh[3 * hidden + j])
+                    cj = fg * c[k, prev, i, j] + ig * gg
+                    c[k, new, i, j] = cj
+                    h[k, new, i, j] = og * tanh(cj)
+                    a[j] = ig
+                    a[hidden + j] = fg
+                    a[2 * hidden + j] = gg
+                    a[3 * hidden + j] = og
 
 
 @kernel(parallel=True)
-def lstm_backward(gates, w_hh, h, c, lengths, reverse, truncate, t_offset, dh_out):
-    """Back-propagate through an unrolled LSTM layer, in place.
+def lstm_backward(
+    x, w_ih, w_hh, gates, h, c, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh
+):
+    """Back-propagate through an unrolled LSTM layer.
 
     Parameters
     ----------
-    gates : ndarray of shape (T, B, 4H)
-        On entry the activated gates from `lstm_forward`; on exit the
-        gradient of the loss w.r.t. the gate pre-activations (zero at padded
-        steps), from which the caller forms the weight gradients with GEMMs.
-    w_hh : ndarray of shape (4H, H)
-    h, c : ndarray of shape (T + 1, B, H)
-        States written by `lstm_forward`.
-    lengths : ndarray of shape (B,), int64
-    reverse : bool
+    x, h, c, lengths, reverse, use_relu
+        As given to and written by `lstm_forward`.
+    w_ih, w_hh : ndarray
+        PyTorch-layout weights, (4H, D) and (4H, H).
+    gates : ndarray of shape (K, T, C, 4H)
+        On entry the gates from `lstm_forward`; on exit the gradient w.r.t.
+        the gate pre-activations (zero at padded steps).
     truncate : int
         Cut the gradient through the state at absolute times that are
         multiples of ``truncate``; 0 for full BPTT.
     t_offset : int
         Absolute time of step 0 of these buffers.
-    dh_out : ndarray of shape (T, B, H)
+    dh_out : ndarray of shape (K, T, C, H)
         Gradient of the loss w.r.t. the layer's output at each step.
+    dx : ndarray of shape (K, T, C, D), or empty
+        Written when not empty: gradient w.r.t. ``x``.
+    g_w_ih, g_w_hh, g_b_ih, g_b_hh : ndarray with a leading axis of K
+        Written: each chunk's share of the parameter gradients.
     """
-    n_steps, batch, n_gates = gates.shape
-    hidden = n_gates // 4
-    dh = np.zeros((batch, hidden), dtype=gates.dtype)
-    dc = np.zeros((batch, hidden), dtype=gates.dtype)
-    dh_rec = np.empty((batch, hidden), dtype=gates.dtype)
-    later = n_steps
-    cut = False
-    for s in range(n_steps):
-        t, prev, new = step_slots(n_steps - 1 - s, n_steps, reverse)
-        if s > 0:
-            # Gradient reaching the state written by this step through the
-            # recurrent weights of the step processed before it.
-            later = t - 1 if reverse else t + 1
-            cut = crosses_border(t, reverse, t_offset, truncate)
-            np.dot(gates[later], w_hh, dh_rec)
-        for b in prange(batch):
-            if s > 0 and later < lengths[b]:
-                if cut:
-                    dh[b] = 0
-                    dc[b] = 0
-                else:
-                    dh[b] = dh_rec[b]
-            da = gates[t, b]
-            if t >= lengths[b]:
-                da[:] = 0
-                continue
-            for j in range(hidden):
-                ig = da[j]
-                fg = da[hidden + j]
-                gg = da[2 * hidden + j]
-                og = da[3 * hidden + j]
-                tc = tanh(c[new, b, j])
-                dht = dh[b, j] + dh_out[t, b, j]
-                dct = dc[b, j] + dht * og * dtanh(tc)
-                dc[b, j] = dct * fg
-                da[j] = dct * gg * dsigmoid(ig)
-                da[hidden + j] = dct * c[prev, b, j] * dsigmoid(fg)
-                da[2 * hidden + j] = dct * ig * dtanh(gg)
-                da[3 * hidden + j] = dht * tc * dsigmoid(og)
-
-
-def forward(gates, w_hh, b_hh, state0, lengths, reverse, use_relu=False):
-    """Allocate the state buffers and run `lstm_forward`.
-
-    Parameters
-    ----------
-    gates : ndarray of shape (T, B, 4H)
-        Input projection; overwritten with the gates.
-    w_hh, b_hh : ndarray
-    state0 : tuple of two ndarray of shape (B, H)
-        Initial hidden and cell state.
-    lengths : ndarray of shape (B,), int64
-    reverse : bool
-    use_relu : bool
-        Ignored (tanh is part of the LSTM).
-
-    Returns
-    -------
-    tape : tuple of ndarray
-        ``(h, c)`` buffers of shape (T + 1, B, H).
-    """
-    n_steps, batch, _ = gates.shape
-    h = np.empty((n_steps + 1, batch, w_hh.shape[1]), dtype=gates.dtype)
-    c = np.empty_like(h)
-    slot = n_steps if reverse else 0
-    h[slot], c[slot] = state0
-    check_buffers(gates, w_hh, b_hh, h, c)
-    lstm_forward(gates, w_hh, b_hh, h, c, lengths, reverse)
-    return h, c
-
-
-
-def backward(gates, w_hh, tape, lengths, reverse, truncate, t_offset, dh_out, use_relu=False):
-    """Run `lstm_backward`.
-
-    Returns
-    -------
-    d_rec : list of (int, int, ndarray)
-        Row blocks ``(start, stop, grad)`` of the recurrent-side
-        pre-activation gradient, for the ``W_hh`` and ``b_hh`` gradients;
-        ``gates`` itself holds the input-side one.
-    """
-    check_buffers(gates, w_hh, tape[0], tape[1], dh_out)
-    lstm_backward(gates, w_hh, tape[0], tape[1], lengths, reverse, truncate, t_offset, dh_out)
-    return [(0, gates.shape[2], gates)]
+    n_chunks, n_steps, chunk, _ = x.shape
+    hidden = w_hh.shape[1]
+    for k in prange(n_chunks):
+        dh = np.zeros((chunk, hidden), dtype=gates.dtype)
+        dc = np.zeros((chunk, hidden), dtype=gates.dtype)
+        dh_rec = np.empty((chunk, hidden), dtype=gates.dtype)
+        later = n_steps
+        cut = False
+        for s in range(n_steps):
+            t, prev, new = step_slots(n_steps - 1 - s, n_steps, reverse)
+            if s > 0:
+                # Gradient reaching the state this step wrote, through the
+                # recurrent weights of the step processed before it.
+                later = t - 1 if reverse else t + 1
+                cut = crosses_border(t, reverse, t_offset, truncate)
+                np.dot(gates[k, later], w_hh, dh_rec)
+            for i in range(chunk):
+                length = lengths[k * chunk + i]
+                if s > 0 and later < length:
+                    if cut:
+                        dh[i] = 0
+                        dc[i] = 0
+                    else:
+                        dh[i] = dh_rec[i]
+                da = gates[k, t, i]
+                if t >= length:
+                    da[:] = 0
+                    continue
+                for j in range(hidden):
+                    ig = da[j]
+                    fg = da[hidden + j]
+                    gg = da[2 * hidden + j]
+                    og = da[3 * hidden + j]
+                    tc = tanh(c[k, new, i, j])
+                    dht = dh[i, j] + dh_out[k, t, i, j]
+                    dct = dc[i, j] + dht * og * dtanh(tc)
+                    dc[i, j] = dct * fg
+                    da[j] = dct * gg * dsigmoid(ig)
+                    da[hidden + j] = dct * c[k, prev, i, j] * dsigmoid(fg)
+                    da[2 * hidden + j] = dct * ig * dtanh(gg)
+                    da[3 * hidden + j] = dht * tc * dsigmoid(og)
+        h_prev = h[k, 1:] if reverse else h[k, :-1]
+        chunk_gradients(x[k], h_prev, gates[k], gates[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])

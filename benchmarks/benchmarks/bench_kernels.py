@@ -1,0 +1,42 @@
+"""Kernel-level suites: one training step (forward + BPTT) and the forward pass."""
+
+from .common import make_batch, make_network, warm_up
+
+
+class TrainingStep:
+    """Forward, MSE on the last step and full backward through time."""
+
+    params = (["lstm", "gru", "rnn"], [32, 128], ["float32", "float64"])
+    param_names = ["cell", "hidden", "dtype"]
+
+    def setup(self, cell, hidden, dtype):
+        self.net = make_network(cell, hidden, n_features=32, dtype=dtype)
+        self.X, self.y = make_batch(32, 100, 32, dtype=dtype)
+        warm_up(self.net)
+
+    def time_loss_and_grad(self, cell, hidden, dtype):
+        self.net.loss_and_grad_vector(self.X, self.y)
+
+    def time_forward(self, cell, hidden, dtype):
+        self.net.forward(self.X)
+
+    def peakmem_loss_and_grad(self, cell, hidden, dtype):
+        self.net.loss_and_grad_vector(self.X, self.y)
+
+
+class TruncatedStep:
+    """A long sequence under truncated BPTT: time and memory per window size."""
+
+    params = ([None, 25, 100], [1000])
+    param_names = ["truncate", "n_steps"]
+
+    def setup(self, truncate, n_steps):
+        self.net = make_network("lstm", 64, n_features=8)
+        self.X, self.y = make_batch(16, n_steps, 8)
+        warm_up(self.net, truncate)
+
+    def time_loss_and_grad(self, truncate, n_steps):
+        self.net.loss_and_grad_vector(self.X, self.y, truncate=truncate)
+
+    def peakmem_loss_and_grad(self, truncate, n_steps):
+        self.net.loss_and_grad_vector(self.X, self.y, truncate=truncate)

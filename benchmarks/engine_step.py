@@ -1,0 +1,89 @@
+"""First numbers of the engine: ms per training step and compile time.
+
+Usage (from the repository root)::
+
+    python benchmarks/engine_step.py [--cell lstm] [--hidden 128] [--batch 32]
+        [--steps 100] [--features 32] [--dtype float32] [--repeat 30]
+
+Prints the median wall time of ``Network.loss_and_grad_vector`` (forward,
+MSE on the last step, full BPTT) and of ``Network.forward`` after a warm-up,
+and the time of the first call in fresh processes with an empty and with a
+warm Numba cache.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+FIRST_CALL = """
+import time, numpy as np
+t0 = time.perf_counter()
+from bptt_numba import Network
+net = Network({features}, ({hidden},), cell={cell!r}, dtype={dtype!r}, random_state=0)
+X = np.zeros((2, 3, {features}), {dtype!r}); y = np.zeros((2, 1), {dtype!r})
+net.loss_and_grad_vector(X, y); net.forward(X)
+print(time.perf_counter() - t0)
+"""
+
+
+def first_call_seconds(args, cache_dir):
+    """Import + first forward/backward in a fresh process using ``cache_dir``."""
+    code = FIRST_CALL.format(**vars(args))
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    return float(out.stdout.strip())
+
+
+def median_ms(func, repeat):
+    """Median wall time of ``func()`` in milliseconds."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cell", default="lstm")
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--repeat", type=int, default=30)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as cache_dir:
+        cold = first_call_seconds(args, cache_dir)
+        warm = first_call_seconds(args, cache_dir)
+
+    import numba
+
+    from bptt_numba import Network
+
+    rng = np.random.default_rng(0)
+    net = Network(args.features, (args.hidden,), cell=args.cell, dtype=args.dtype, random_state=0)
+    X = rng.standard_normal((args.batch, args.steps, args.features)).astype(args.dtype)
+    y = rng.standard_normal((args.batch, 1)).astype(args.dtype)
+    net.loss_and_grad_vector(X, y)
+    step = median_ms(lambda: net.loss_and_grad_vector(X, y), args.repeat)
+    forward = median_ms(lambda: net.forward(X), args.repeat)
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[args.cell]
+    flops = 6 * gates * args.hidden * (args.features + args.hidden) * args.batch * args.steps
+    print(
+        f"{args.cell} H={args.hidden} B={args.batch} T={args.steps} D={args.features} {args.dtype} "
+        f"threads={numba.get_num_threads()} ({numba.threading_layer()}): "
+        f"step {step:.2f} ms ({flops / step / 1e6:.1f} GFLOP/s), forward {forward:.2f} ms; "
+        f"first call: cold cache {cold:.1f} s, warm cache {warm:.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Thin Python wrappers that run one recurrent layer with a cell's kernels.
+
+They allocate the buffers, check them (a stray dtype or a strided view would
+compile, and run, another specialisation), and reduce the per-chunk gradient
+shares in chunk order, so the sums do not depend on the thread count.
+"""
+
+import numpy as np
+
+from . import elman, gru, lstm
+
+CELLS = {"rnn": elman, "lstm": lstm, "gru": gru}
+
+
+def _kernel(cell, kind):
+    module = CELLS[cell]
+    return getattr(module, f"{module.__name__.rsplit('.', 1)[1]}_{kind}")
+
+
+def _check_buffers(*arrays):
+    dtype = arrays[0].dtype
+    for array in arrays:
+        if array.dtype != dtype or not array.flags.c_contiguous:
+            raise TypeError(
+                f"kernel buffers must be C-contiguous {dtype}; got {array.dtype} "
+                f"with shape {array.shape} (contiguous={array.flags.c_contiguous})"
+            )
+
+
+def forward(cell, x, w_ih, b_ih, w_hh, b_hh, state0, lengths, reverse, use_relu=False):
+    """Unroll one layer direction.
+
+    Parameters
+    ----------
+    cell : {"rnn", "lstm", "gru"}
+    x : ndarray of shape (K, T, C, D)
+        Layer input, chunk-major (see ``_recurrence``).
+    w_ih, b_ih, w_hh, b_hh : ndarray
+        PyTorch-layout weights of this layer direction.
+    state0 : tuple of ndarray of shape (K, C, H)
+        Initial state: ``(h, c)`` for the LSTM, ``(h,)`` otherwise.
+    lengths : ndarray of shape (K * C,), int64
+    reverse : bool
+    use_relu : bool
+        ReLU activation for the Elman cell.
+
+    Returns
+    -------
+    tape : tuple of ndarray
+        ``(gates, h, aux)``; the states are ``tape[1 : 1 + N_STATE]``.
+    """
+    module = CELLS[cell]
+    n_chunks, n_steps, chunk, _ = x.shape
+    hidden = w_hh.shape[1]
+    gates = np.empty((n_chunks, n_steps, chunk, module.N_GATES * hidden), dtype=x.dtype)
+    h = np.empty((n_chunks, n_steps + 1, chunk, hidden), dtype=x.dtype)
+    aux = np.empty(module.aux_shape(n_chunks, n_steps, chunk, hidden), dtype=x.dtype)
+    slot = n_steps if reverse else 0
+    for buffer, initial in zip((h, aux), state0):
+        buffer[:, slot] = initial
+    w_ih_t, w_hh_t = np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T)
+    _check_buffers(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux)
+    _kernel(cell, "forward")(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux, lengths, reverse, use_relu)
+    return gates, h, aux
+
+
+def backward(cell, x, w_ih, w_hh, tape, lengths, reverse, truncate, t_offset, dh_out, need_dx, use_relu=False):
+    """Back-propagate one layer direction (the tape is consumed).
+
+    Parameters
+    ----------
+    cell, x, w_ih, w_hh, lengths, reverse, use_relu
+        As for `forward`.
+    tape : tuple of ndarray
+        From `forward`; overwritten with gradients.
+    truncate : int
+        TBPTT window (0: full BPTT), in absolute time.
+    t_offset : int
+        Absolute time of step 0 of ``x``.
+    dh_out : ndarray of shape (K, T, C, H)
+        Gradient w.r.t. the layer direction's output at each step.
+    need_dx : bool
+        Also return the gradient w.r.t. ``x``.
+
+    Returns
+    -------
+    dx : ndarray of shape (K, T, C, D) or None
+    grads : tuple of ndarray
+        Gradients w.r.t. ``w_ih, w_hh, b_ih, b_hh``.
+    """
+    gates, h, aux = tape
+    n_chunks = x.shape[0]
+    dx = np.empty(x.shape if need_dx else (n_chunks, 0, 0, 0), dtype=x.dtype)
+    shapes = (w_ih.shape, w_hh.shape, w_ih.shape[:1], w_hh.shape[:1])
+    shares = [np.empty((n_chunks,) + shape, dtype=x.dtype) for shape in shapes]
+    _check_buffers(x, w_ih, w_hh, gates, h, aux, dh_out, dx, *shares)
+    _kernel(cell, "backward")(
+        x, w_ih, w_hh, gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, *shares
+    )
+    return (dx if need_dx else None), tuple(_sum_in_order(share) for share in shares)
+
+
+def _sum_in_order(shares):
+    """Sum per-chunk shares one after another, in chunk order."""
+    total = shares[0].copy()
+    for share in shares[1:]:
+        total += share
+    return total
