@@ -31,6 +31,15 @@ def check_positive_int(name, value, minimum=1):
     return int(value)
 
 
+def check_fraction(name, value):
+    """Return ``value`` as float if it lies in [0, 1)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1); got {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1); got {value}")
+    return float(value)
+
+
 def check_hidden_sizes(hidden_sizes):
     """Return ``hidden_sizes`` as a non-empty tuple of positive ints."""
     if isinstance(hidden_sizes, numbers.Integral):

@@ -119,6 +119,18 @@ class Network:
         shapes["head.bias"] = (self.n_outputs,)
         return shapes
 
+    @property
+    def weight_mask(self):
+        """Boolean mask over `params`: True on weights, False on biases.
+
+        The weights are what L2 regularisation penalises (as in
+        scikit-learn's MLP, biases are left free).
+        """
+        mask = np.zeros(self.params.shape, dtype=bool)
+        for name, view in self.unflatten(mask).items():
+            view[...] = ".weight" in name or name.startswith("weight_")
+        return mask
+
     def unflatten(self, flat):
         """Named views into a flat vector laid out like `params`.
 
@@ -249,6 +261,10 @@ class Network:
         truncate=None,
         state=None,
         sample_weight=None,
+        *,
+        loss_start=0,
+        dropout=0.0,
+        random_state=None,
     ):
         """Loss of a batch and its gradient w.r.t. every parameter.
 
@@ -274,6 +290,15 @@ class Network:
             activations are held at a time.
         sample_weight : array-like of shape (n_samples,), optional
             Makes the loss a weighted mean.
+        loss_start : int, default=0
+            Steps before it carry no loss (they are still unrolled and
+            back-propagated through): the overlap of a TBPTT(k1, k2) window
+            with the previous one.
+        dropout : float, default=0.0
+            Inverted dropout on the outputs of every layer but the top one
+            (PyTorch's ``dropout`` of ``nn.LSTM``), for training.
+        random_state : None, int or numpy.random.Generator
+            Draws the dropout masks.
 
         Returns
         -------
@@ -283,13 +308,25 @@ class Network:
         final_state : list
             As in `forward`.
         """
-        value, flat, final_state, _ = self._loss_and_grad(
-            X, y, lengths, loss, output, truncate, state, sample_weight, False
+        result = self._backprop(
+            X, y, lengths, loss, output, truncate, state, sample_weight, loss_start, dropout, random_state
         )
-        return value, self.unflatten(flat), final_state
+        return result.loss, self.unflatten(result.grad), result.final_state
 
     def loss_and_grad_vector(
-        self, X, y, lengths=None, loss="mse", output="last", truncate=None, state=None, sample_weight=None
+        self,
+        X,
+        y,
+        lengths=None,
+        loss="mse",
+        output="last",
+        truncate=None,
+        state=None,
+        sample_weight=None,
+        *,
+        loss_start=0,
+        dropout=0.0,
+        random_state=None,
     ):
         """`loss_and_grad` with the gradient as one vector laid out like `params`.
 
@@ -299,13 +336,53 @@ class Network:
         grad : ndarray of shape (n_params,)
         final_state : list
         """
-        value, flat, final_state, _ = self._loss_and_grad(
-            X, y, lengths, loss, output, truncate, state, sample_weight, False
+        result = self._backprop(
+            X, y, lengths, loss, output, truncate, state, sample_weight, loss_start, dropout, random_state
         )
-        return value, flat, final_state
+        return result.loss, result.grad, result.final_state
 
-    def _loss_and_grad(self, X, y, lengths, loss, output, truncate, state, sample_weight, need_input_grad):
-        """Core of `loss_and_grad`; also returns d loss / d X when asked."""
+    def gradient_flow(
+        self, X, y, lengths=None, loss="mse", output="last", truncate=None, state=None, sample_weight=None
+    ):
+        """How the gradient decays or explodes back through time.
+
+        Parameters are those of `loss_and_grad`.
+
+        Returns
+        -------
+        ndarray of shape (n_layers, n_directions, n_timesteps)
+            ``||d loss / d h_t||`` over the batch (all samples and units) for
+            each layer, direction and step ``t``: the gradient reaching each
+            hidden state, from the loss terms after it (through time) and
+            from the layer above.
+        """
+        result = self._backprop(
+            X, y, lengths, loss, output, truncate, state, sample_weight, 0, 0.0, None, record_flow=True
+        )
+        return result.flow
+
+    def _backprop(
+        self,
+        X,
+        y,
+        lengths,
+        loss,
+        output,
+        truncate,
+        state,
+        sample_weight,
+        loss_start,
+        dropout,
+        random_state,
+        need_input_grad=False,
+        record_flow=False,
+    ):
+        """Validate, then forward, loss and backward over the segments of a batch.
+
+        Returns
+        -------
+        _Result
+        """
         batch = self._batch(X, lengths, state, output)
         n_samples, n_steps = batch.n_samples, batch.n_steps
         true_lengths = batch.lengths[:n_samples]
@@ -315,35 +392,70 @@ class Network:
         window = val.check_truncate(truncate)
         if window >= n_steps:
             window = 0
-        per_sample = weights if output == "last" else weights * true_lengths
-        denominator = float(per_sample.astype(np.float64).sum())
-        if loss != "cross_entropy":
-            denominator *= self.n_outputs
-        objective = _Objective(loss, output, targets, weights, 1.0 / denominator, true_lengths)
-
-        grad = np.zeros_like(self.params)
+        loss_start = val.check_positive_int("loss_start", loss_start, minimum=0)
+        dropout = val.check_fraction("dropout", dropout)
+        rng = val.as_generator(random_state) if dropout else None
+        objective = _Objective(
+            loss, output, targets, weights, self._loss_scale(loss, output, weights, true_lengths, loss_start),
+            true_lengths, loss_start,
+        )
         if self.bidirectional or window == 0:
             # The reverse direction needs the whole sequence, so the cut is
             # applied inside one whole-sequence backward pass.
             segments = [(0, n_steps, window)]
         else:
             segments = [(t0, min(t0 + window, n_steps), 0) for t0 in range(0, n_steps, window)]
+        grad = np.zeros_like(self.params)
         value = 0.0
-        input_grads = []
+        input_grads, flows = [], []
         state_now = batch.state
         with serial_blas():
             for t0, t1, cut in segments:
                 x = batch.x if len(segments) == 1 else np.ascontiguousarray(batch.x[:, t0:t1])
                 seg_lengths = np.clip(batch.lengths - t0, 0, t1 - t0)
-                part, state_now, dx = self._segment(x, seg_lengths, state_now, objective, t0, cut, grad, need_input_grad)
+                masks = self._dropout_masks(x.shape, dropout, rng)
+                flow = [] if record_flow else None
+                part, state_now, dx = self._segment(
+                    x, seg_lengths, state_now, objective, t0, cut, grad, need_input_grad, masks, flow
+                )
                 value += part
                 input_grads.append(dx)
+                flows.append(flow)
         input_grad = None
         if need_input_grad:
             input_grad = _from_chunks(np.concatenate(input_grads, axis=1), n_samples)
-        return value, grad, self._user_state(state_now, n_samples), input_grad
+        flow = None
+        if record_flow:
+            # (layers, directions, K, T, C) per segment -> norms per step.
+            squares = np.concatenate([np.array(f) for f in flows], axis=3)
+            flow = np.sqrt(squares.astype(np.float64).sum(axis=(2, 4)))
+        return _Result(value, grad, self._user_state(state_now, n_samples), input_grad, flow)
 
-    def _segment(self, x, lengths, state, objective, t0, truncate, grad, need_input_grad):
+    def _loss_scale(self, loss, output, weights, lengths, loss_start):
+        """One over the normaliser of the weighted mean, for the whole batch."""
+        if output == "last":
+            per_sample = np.where(lengths - 1 >= loss_start, weights, 0)
+        else:
+            per_sample = weights * np.maximum(lengths - loss_start, 0)
+        denominator = float(per_sample.astype(np.float64).sum())
+        if denominator <= 0:
+            raise ValueError("no target positions with positive weight: check loss_start and sample_weight")
+        if loss != "cross_entropy":
+            denominator *= self.n_outputs
+        return 1.0 / denominator
+
+    def _dropout_masks(self, shape, rate, rng):
+        """Inverted-dropout masks for the inputs of layers 1, 2, ... (None: none)."""
+        masks = [None]
+        for hidden in self.hidden_sizes[:-1]:
+            if not rate:
+                masks.append(None)
+                continue
+            keep = rng.random(shape[:3] + (hidden * self.n_directions,)) >= rate
+            masks.append(keep.astype(self.dtype) / self.dtype.type(1.0 - rate))
+        return masks
+
+    def _segment(self, x, lengths, state, objective, t0, truncate, grad, need_input_grad, masks, flow):
         """Forward, loss and backward over time steps ``t0 .. t0 + T`` of a batch.
 
         Parameters
@@ -352,21 +464,28 @@ class Network:
             The segment, chunk-major.
         lengths : ndarray of shape (K * C,)
             Valid steps of each (padded) sample within the segment.
+        masks : list
+            Dropout mask of each layer's input, or None.
+        flow : list or None
+            Receives the squared d loss / d h_t of each layer and direction.
 
         Returns the segment's share of the loss, the state after it (per
         layer and direction) and d loss / d x (or None); accumulates the
         parameter gradient into ``grad``.
         """
-        tapes, top = self._forward_layers(x, lengths, state)
+        tapes, top = self._forward_layers(x, lengths, state, masks)
         n_steps, chunk = x.shape[1], x.shape[2]
+        first = max(objective.loss_start - t0, 0)
         if objective.output == "last":
             last = objective.lengths - 1
-            b_idx = np.nonzero((last >= t0) & (last < t0 + n_steps))[0]
+            b_idx = np.nonzero((last >= t0 + first) & (last < t0 + n_steps))[0]
             t_idx = last[b_idx] - t0
             features = self._last_features(tapes[-1], b_idx, t_idx, chunk)
             targets = objective.targets[b_idx]
         else:
-            b_idx, t_idx = np.nonzero(val.valid_mask(lengths[: objective.lengths.shape[0]], n_steps))
+            valid = val.valid_mask(lengths[: objective.lengths.shape[0]], n_steps)
+            valid[:, :first] = False
+            b_idx, t_idx = np.nonzero(valid)
             features = top[b_idx // chunk, t_idx, b_idx % chunk]
             targets = objective.targets[b_idx, t_idx + t0]
         grads = self.unflatten(grad)
@@ -389,11 +508,11 @@ class Network:
         else:
             for direction in range(self.n_directions):
                 d_top[direction][k_idx, t_idx, i_idx] = d_features[:, direction * hidden : (direction + 1) * hidden]
-        dx = self._backward_layers(tapes, lengths, d_top, truncate, t0, grads, need_input_grad)
+        dx = self._backward_layers(tapes, lengths, d_top, truncate, t0, grads, need_input_grad, masks, flow)
         return value, self._final_states(tapes), dx
 
     # ------------------------------------------------------------ layer stack
-    def _forward_layers(self, x, lengths, state):
+    def _forward_layers(self, x, lengths, state, masks=None):
         """Unroll every layer of a chunk-major batch.
 
         Returns
@@ -407,6 +526,8 @@ class Network:
         tapes = []
         layer_input = x
         for layer in range(len(self.hidden_sizes)):
+            if masks is not None and masks[layer] is not None:
+                layer_input = layer_input * masks[layer]
             directions = []
             for direction in range(self.n_directions):
                 w_ih, w_hh, b_ih, b_hh = self._layer_weights(self._weights, layer, direction)
@@ -421,29 +542,38 @@ class Network:
             layer_input = np.concatenate(outputs, axis=3)
         return tapes, layer_input
 
-    def _backward_layers(self, tapes, lengths, d_top, truncate, t0, grads, need_input_grad):
+    def _backward_layers(self, tapes, lengths, d_top, truncate, t0, grads, need_input_grad, masks, flow):
         """Back-propagate ``d_top`` through the stack, accumulating ``grads``."""
         use_relu = self.nonlinearity == "relu"
         d_outputs = d_top
+        layer_flows = [None] * len(tapes)
         for layer in reversed(range(len(tapes))):
             layer_input, directions = tapes[layer]
             want_dx = layer > 0 or need_input_grad
             dx_total = None
+            squares = [None] * len(directions)
             for direction, tape in enumerate(directions):
                 w_ih, w_hh, _, _ = self._layer_weights(self._weights, layer, direction)
+                if flow is not None:
+                    squares[direction] = np.zeros(layer_input.shape[:3], self.dtype)
                 dx, layer_grads = layers.backward(
                     self.cell, layer_input, w_ih, w_hh, tape, lengths, direction == 1, truncate, t0,
-                    d_outputs[direction], want_dx, use_relu,
+                    d_outputs[direction], want_dx, use_relu, squares[direction],
                 )
                 for total, part in zip(self._layer_weights(grads, layer, direction), layer_grads):
                     total += part
                 if want_dx:
                     dx_total = dx if dx_total is None else dx_total + dx
+            layer_flows[layer] = squares
+            if masks[layer] is not None:
+                dx_total *= masks[layer]
             if layer > 0:
                 hidden = self.hidden_sizes[layer - 1]
                 d_outputs = [
                     np.ascontiguousarray(dx_total[..., d * hidden : (d + 1) * hidden]) for d in range(self.n_directions)
                 ]
+        if flow is not None:
+            flow.extend(layer_flows)
         return dx_total if need_input_grad else None
 
     # ------------------------------------------------------------------ head
@@ -515,6 +645,17 @@ class _Objective(NamedTuple):
     weights: np.ndarray
     scale: float  # one over the normaliser of the weighted mean
     lengths: np.ndarray  # whole-sequence lengths (segments see clipped ones)
+    loss_start: int  # steps before it carry no loss
+
+
+class _Result(NamedTuple):
+    """What one backward pass over a batch gives."""
+
+    loss: float
+    grad: np.ndarray
+    final_state: list
+    input_grad: np.ndarray  # or None
+    flow: np.ndarray  # or None
 
 
 def _direction_output(h, reverse):

@@ -43,8 +43,8 @@ def test_gradient_matches_finite_differences(cell_nl, hidden, bidirectional, out
     )
     k = TRUNCATE[truncate]
     config = dict(lengths=lens, loss=loss, output=output, sample_weight=weights)
-    value, flat, _, input_grad = net._loss_and_grad(
-        X, y, lens, loss, output, k, None, weights, need_input_grad=True
+    value, flat, _, input_grad, _ = net._backprop(
+        X, y, lens, loss, output, k, None, weights, 0, 0.0, None, need_input_grad=True
     )
     analytic = dict(net.unflatten(flat), X=input_grad)
 

@@ -40,8 +40,8 @@ def test_forward_and_gradients_match_reference(cell_nl, hidden, bidirectional, o
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-12)
 
     for truncate in (None, 3):
-        value, grads, _, input_grad = net._loss_and_grad(
-            X, y, lengths, "mse", output, truncate, state, weights, need_input_grad=True
+        value, grads, _, input_grad, _ = net._backprop(
+            X, y, lengths, "mse", output, truncate, state, weights, 0, 0.0, None, need_input_grad=True
         )
         value_ref, grads_ref, dX_ref = naive.naive_loss_and_grad(
             net.get_weights(), X, y, lengths, **_model(net), output=output, loss="mse",
@@ -142,9 +142,9 @@ def test_truncated_backward_holds_one_window_of_activations(monkeypatch):
     seen = []
     original = Network._forward_layers
 
-    def recording(self, x, seg_lengths, state):
+    def recording(self, x, seg_lengths, state, masks=None):
         seen.append(x.shape[1])  # (chunks, time, chunk, features)
-        return original(self, x, seg_lengths, state)
+        return original(self, x, seg_lengths, state, masks)
 
     monkeypatch.setattr(Network, "_forward_layers", recording)
     net.loss_and_grad_vector(X, y, lengths, truncate=4)
@@ -316,3 +316,71 @@ def test_matches_pytorch():
         _, grads, _ = net.loss_and_grad(X, y, lengths)
         for name, p in list(rnn.named_parameters()) + [("head." + n, p) for n, p in head.named_parameters()]:
             np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_weight_mask_covers_weights_not_biases():
+    net = Network(3, (4, 2), cell="gru", bidirectional=True)
+    mask = net.weight_mask
+    for name, view in net.unflatten(mask).items():
+        assert view.all() == ("weight" in name) and view.any() == ("weight" in name), name
+
+
+@pytest.mark.parametrize("output", ["last", "sequence"])
+def test_loss_start_skips_early_targets(output):
+    net, X, y, lengths, weights = make_problem("gru", output=output, n_steps=6, lengths=[6, 3, 5])
+    loss, flat, _ = net.loss_and_grad_vector(X, y, lengths, output=output, sample_weight=weights, loss_start=3)
+    Y, _ = net.forward(X, lengths, output=output)
+    if output == "last":
+        keep = lengths - 1 >= 3
+        per = ((Y - y) ** 2).mean(axis=1)
+        expected = (per * weights)[keep].sum() / weights[keep].sum()
+    else:
+        keep = (np.arange(6)[None, :] >= 3) & (np.arange(6)[None, :] < lengths[:, None])
+        per = ((Y - y) ** 2).mean(axis=2) * weights[:, None]
+        expected = per[keep].sum() / (weights[:, None] * keep).sum()
+    assert loss == pytest.approx(expected, rel=1e-12)
+    numeric = naive.finite_difference_grad(
+        lambda: net.loss_and_grad_vector(X, y, lengths, output=output, sample_weight=weights, loss_start=3)[0],
+        {"params": net.params}, eps=1e-5,
+    )["params"]
+    assert relative_error(flat, numeric) < 1e-6
+    with pytest.raises(ValueError, match="no target positions"):
+        net.loss_and_grad(X, y, lengths, output=output, loss_start=6)
+
+
+def test_dropout_gradient_and_determinism():
+    net, X, y, lengths, _ = make_problem("lstm", hidden_sizes=(4, 3), bidirectional=True, lengths=[5, 2, 4])
+    kwargs = dict(dropout=0.4, random_state=7)
+    loss, flat, _ = net.loss_and_grad_vector(X, y, lengths, **kwargs)
+    again = net.loss_and_grad_vector(X, y, lengths, **kwargs)
+    np.testing.assert_array_equal(flat, again[1])
+    assert net.loss_and_grad_vector(X, y, lengths, dropout=0.4, random_state=8)[0] != loss
+    plain = net.loss_and_grad_vector(X, y, lengths)
+    assert net.loss_and_grad_vector(X, y, lengths, dropout=0.0, random_state=7)[0] == plain[0]
+    numeric = naive.finite_difference_grad(
+        lambda: net.loss_and_grad_vector(X, y, lengths, **kwargs)[0], {"params": net.params}, eps=1e-5
+    )["params"]
+    assert relative_error(flat, numeric) < 1e-6
+    with pytest.raises(ValueError, match=r"dropout must lie in \[0, 1\)"):
+        net.loss_and_grad(X, y, lengths, dropout=1.0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_gradient_flow_is_the_gradient_reaching_each_state(cell):
+    """``flow[t] = ||d loss / d h_t||``, checked by differentiating the loss of
+    the rest of the sequence w.r.t. the state it starts from."""
+    net, X, y, _, _ = make_problem(cell, hidden_sizes=(4,), n_outputs=1, n_steps=6, lengths=None)
+    y = y[:, :1]
+    flow = net.gradient_flow(X, y)
+    assert flow.shape == (1, 1, 6)
+    for t in range(5):
+        _, state = net.forward(X[:, : t + 1])
+        parts = list(state[0]) if cell == "lstm" else [state[0]]
+        h = parts[0]
+
+        def rest_loss():
+            full = (h, parts[1]) if cell == "lstm" else h
+            return net.loss_and_grad(X[:, t + 1 :], y, state=[full])[0]
+
+        numeric = naive.finite_difference_grad(rest_loss, {"h": h}, eps=1e-6)["h"]
+        assert flow[0, 0, t] == pytest.approx(np.linalg.norm(numeric), rel=1e-6)

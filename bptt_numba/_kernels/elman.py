@@ -57,13 +57,13 @@ def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reve
 
 @kernel(parallel=True)
 def elman_backward(
-    x, w_ih, w_hh, gates, h, unused, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh
+    x, w_ih, w_hh, gates, h, unused, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
 ):
     """Back-propagate through an unrolled Elman layer.
 
     Parameters
     ----------
-    x, w_ih, w_hh, h, unused, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh
+    x, w_ih, w_hh, h, unused, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
         As for `lstm_backward` and `elman_forward`.
     gates : ndarray of shape (K, T, C, H)
         Written: the gradient w.r.t. the pre-activations (zero at padded
@@ -71,6 +71,7 @@ def elman_backward(
     """
     n_chunks, n_steps, chunk, _ = x.shape
     hidden = w_hh.shape[1]
+    record = dh_sq.size > 0
     for k in prange(n_chunks):
         dh = np.zeros((chunk, hidden), dtype=gates.dtype)
         dh_rec = np.empty((chunk, hidden), dtype=gates.dtype)
@@ -96,6 +97,9 @@ def elman_backward(
                 for j in range(hidden):
                     hj = h[k, new, i, j]
                     slope = drelu(hj) if use_relu else dtanh(hj)
-                    da[j] = (dh[i, j] + dh_out[k, t, i, j]) * slope
+                    dht = dh[i, j] + dh_out[k, t, i, j]
+                    da[j] = dht * slope
+                    if record:
+                        dh_sq[k, t, i] += dht * dht
         h_prev = h[k, 1:] if reverse else h[k, :-1]
         chunk_gradients(x[k], h_prev, gates[k], gates[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])

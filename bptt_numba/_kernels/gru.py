@@ -71,13 +71,13 @@ def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, 
 
 @kernel(parallel=True)
 def gru_backward(
-    x, w_ih, w_hh, gates, h, rec, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh
+    x, w_ih, w_hh, gates, h, rec, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
 ):
     """Back-propagate through an unrolled GRU layer.
 
     Parameters
     ----------
-    x, w_ih, w_hh, h, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh
+    x, w_ih, w_hh, h, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
         As for `lstm_backward`.
     gates : ndarray of shape (K, T, C, 3H)
         On entry the gates; on exit the gradient w.r.t. the input-side
@@ -88,6 +88,7 @@ def gru_backward(
     """
     n_chunks, n_steps, chunk, _ = x.shape
     hidden = w_hh.shape[1]
+    record = dh_sq.size > 0
     for k in prange(n_chunks):
         dh = np.zeros((chunk, hidden), dtype=gates.dtype)
         dh_direct = np.zeros((chunk, hidden), dtype=gates.dtype)
@@ -129,5 +130,7 @@ def gru_backward(
                     dr[j] = dr_pre
                     dr[hidden + j] = dz_pre
                     dr[2 * hidden + j] = dn_pre * rg
+                    if record:
+                        dh_sq[k, t, i] += dht * dht
         h_prev = h[k, 1:] if reverse else h[k, :-1]
         chunk_gradients(x[k], h_prev, gates[k], rec[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])

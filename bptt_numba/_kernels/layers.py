@@ -64,7 +64,9 @@ def forward(cell, x, w_ih, b_ih, w_hh, b_hh, state0, lengths, reverse, use_relu=
     return gates, h, aux
 
 
-def backward(cell, x, w_ih, w_hh, tape, lengths, reverse, truncate, t_offset, dh_out, need_dx, use_relu=False):
+def backward(
+    cell, x, w_ih, w_hh, tape, lengths, reverse, truncate, t_offset, dh_out, need_dx, use_relu=False, dh_sq=None
+):
     """Back-propagate one layer direction (the tape is consumed).
 
     Parameters
@@ -81,6 +83,9 @@ def backward(cell, x, w_ih, w_hh, tape, lengths, reverse, truncate, t_offset, dh
         Gradient w.r.t. the layer direction's output at each step.
     need_dx : bool
         Also return the gradient w.r.t. ``x``.
+    dh_sq : ndarray of shape (K, T, C), optional
+        Zeroed buffer; receives the squared norm of d loss / d h_t per
+        sample and step (the gradient-flow diagnostic).
 
     Returns
     -------
@@ -93,9 +98,11 @@ def backward(cell, x, w_ih, w_hh, tape, lengths, reverse, truncate, t_offset, dh
     dx = np.empty(x.shape if need_dx else (n_chunks, 0, 0, 0), dtype=x.dtype)
     shapes = (w_ih.shape, w_hh.shape, w_ih.shape[:1], w_hh.shape[:1])
     shares = [np.empty((n_chunks,) + shape, dtype=x.dtype) for shape in shapes]
-    _check_buffers(x, w_ih, w_hh, gates, h, aux, dh_out, dx, *shares)
+    if dh_sq is None:
+        dh_sq = np.empty((0, 0, 0), dtype=x.dtype)
+    _check_buffers(x, w_ih, w_hh, gates, h, aux, dh_out, dx, *shares, dh_sq)
     _kernel(cell, "backward")(
-        x, w_ih, w_hh, gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, *shares
+        x, w_ih, w_hh, gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, *shares, dh_sq
     )
     return (dx if need_dx else None), tuple(_sum_in_order(share) for share in shares)
 

@@ -87,7 +87,7 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
 
 @kernel(parallel=True)
 def lstm_backward(
-    x, w_ih, w_hh, gates, h, c, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh
+    x, w_ih, w_hh, gates, h, c, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
 ):
     """Back-propagate through an unrolled LSTM layer.
 
@@ -111,9 +111,13 @@ def lstm_backward(
         Written when not empty: gradient w.r.t. ``x``.
     g_w_ih, g_w_hh, g_b_ih, g_b_hh : ndarray with a leading axis of K
         Written: each chunk's share of the parameter gradients.
+    dh_sq : ndarray of shape (K, T, C), or empty
+        Written when not empty: the squared norm of d loss / d h_t of each
+        sample and step (the gradient-flow diagnostic).
     """
     n_chunks, n_steps, chunk, _ = x.shape
     hidden = w_hh.shape[1]
+    record = dh_sq.size > 0
     for k in prange(n_chunks):
         dh = np.zeros((chunk, hidden), dtype=gates.dtype)
         dc = np.zeros((chunk, hidden), dtype=gates.dtype)
@@ -153,5 +157,7 @@ def lstm_backward(
                     da[hidden + j] = dct * c[k, prev, i, j] * dsigmoid(fg)
                     da[2 * hidden + j] = dct * ig * dtanh(gg)
                     da[3 * hidden + j] = dht * tc * dsigmoid(og)
+                    if record:
+                        dh_sq[k, t, i] += dht * dht
         h_prev = h[k, 1:] if reverse else h[k, :-1]
         chunk_gradients(x[k], h_prev, gates[k], gates[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
