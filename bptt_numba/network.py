@@ -251,6 +251,31 @@ class Network:
             Y[b_idx, t_idx] = self._head(top[b_idx // chunk, t_idx, b_idx % chunk])
         return Y, self._user_state(self._final_states(tapes), batch.n_samples)
 
+    def loss(self, X, y, lengths=None, loss="mse", output="last", state=None, sample_weight=None):
+        """Loss of a batch, without gradients (a forward pass only).
+
+        Parameters are those of `loss_and_grad`.
+
+        Returns
+        -------
+        float
+        """
+        val.check_choice("loss", loss, val.LOSSES)
+        Y, _ = self.forward(X, lengths, state, output)
+        n_samples, n_steps = Y.shape[:2]
+        lengths = val.check_lengths(lengths, n_samples, np.shape(X)[1])
+        targets = val.check_targets(y, loss, output, lengths, np.shape(X)[1], self.n_outputs, self.dtype)
+        weights = val.check_sample_weight(sample_weight, n_samples, self.dtype)
+        if output == "last":
+            out, rows, row_weights = Y, targets, weights
+        else:
+            b_idx, t_idx = np.nonzero(val.valid_mask(lengths, np.shape(X)[1]))
+            out, rows, row_weights = Y[b_idx, t_idx], targets[b_idx, t_idx], weights[b_idx]
+        scale = self._loss_scale(loss, output, weights, lengths, 0)
+        return _LOSS_KERNELS[loss](
+            np.ascontiguousarray(out), np.ascontiguousarray(rows), row_weights, scale, np.empty_like(out)
+        )
+
     def loss_and_grad(
         self,
         X,

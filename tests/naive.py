@@ -754,13 +754,16 @@ def naive_forward(weights, X, lengths, cell, hidden_sizes, bidirectional=False,
 # ---------------------------------------------------------------------------
 
 
-def target_positions(lengths, output):
+def target_positions(lengths, output, loss_start=0):
     """Index tuples of the target positions.
 
     Parameters
     ----------
     lengths : sequence of int
     output : {"last", "sequence"}
+    loss_start : int, default=0
+        Steps before it carry no target (for "last", a sample whose last
+        step is before it has none).
 
     Returns
     -------
@@ -769,8 +772,8 @@ def target_positions(lengths, output):
         "sequence".  ``Y[p]`` is then the output vector at position ``p``.
     """
     if output == "last":
-        return [(b,) for b in range(len(lengths))]
-    return [(b, t) for b, n in enumerate(lengths) for t in range(n)]
+        return [(b,) for b, n in enumerate(lengths) if n - 1 >= loss_start]
+    return [(b, t) for b, n in enumerate(lengths) for t in range(loss_start, n)]
 
 
 def position_loss(loss, yhat, target):
@@ -809,7 +812,7 @@ def position_loss(loss, yhat, target):
     raise ValueError(f"unknown loss {loss!r}")
 
 
-def loss_and_output_grad(Y, y, lengths, output, loss, sample_weight=None):
+def loss_and_output_grad(Y, y, lengths, output, loss, sample_weight=None, loss_start=0):
     """Weighted mean loss over the target positions, and d loss / d Y.
 
     ``loss = sum_p w_p * loss_p / sum_p w_p``, where a position of sample b
@@ -826,6 +829,8 @@ def loss_and_output_grad(Y, y, lengths, output, loss, sample_weight=None):
     output : {"last", "sequence"}
     loss : {"mse", "binary_cross_entropy", "cross_entropy"}
     sample_weight : None or array_like of shape (B,)
+    loss_start : int, default=0
+        See :func:`target_positions`.
 
     Returns
     -------
@@ -840,7 +845,7 @@ def loss_and_output_grad(Y, y, lengths, output, loss, sample_weight=None):
         sample_weight = np.ones(len(lengths))
     sample_weight = np.asarray(sample_weight, dtype=np.float64)
     y = np.asarray(y)
-    positions = target_positions(lengths, output)
+    positions = target_positions(lengths, output, loss_start)
     normaliser = sum(sample_weight[p[0]] for p in positions)
     value = 0.0
     dY = np.zeros_like(Y)
@@ -963,7 +968,7 @@ def _backward_sample(layers, d_top_outputs, d_top_final, cell, hidden_sizes,
 
 def naive_loss_and_grad(weights, X, y, lengths, cell, hidden_sizes, bidirectional=False,
                         nonlinearity="tanh", output="last", loss="mse",
-                        sample_weight=None, state=None, truncate=None):
+                        sample_weight=None, state=None, truncate=None, loss_start=0):
     """Loss and its gradient by hand-written backpropagation through time.
 
     Parameters
@@ -971,6 +976,8 @@ def naive_loss_and_grad(weights, X, y, lengths, cell, hidden_sizes, bidirectiona
     weights, X, y, lengths, cell, hidden_sizes, bidirectional, nonlinearity,
     output, loss, sample_weight, state
         See :func:`naive_loss`.
+    loss_start : int, default=0
+        Steps before it carry no loss (see :func:`target_positions`).
     truncate : int or None, default=None
         None for full BPTT.  Otherwise the gradient through the recurrent
         state is cut across every border ``t % truncate == 0`` (see
@@ -993,7 +1000,7 @@ def naive_loss_and_grad(weights, X, y, lengths, cell, hidden_sizes, bidirectiona
         weights, X, lengths, cell, hidden_sizes, bidirectional, nonlinearity, output, state
     )
     lengths = _check_inputs(X, lengths, cell, output)
-    value, dY = loss_and_output_grad(Y, y, lengths, output, loss, sample_weight)
+    value, dY = loss_and_output_grad(Y, y, lengths, output, loss, sample_weight, loss_start)
 
     grads = {name: np.zeros_like(w, dtype=np.float64) for name, w in weights.items()}
     dX = np.zeros_like(X)

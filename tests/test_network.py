@@ -384,3 +384,12 @@ def test_gradient_flow_is_the_gradient_reaching_each_state(cell):
 
         numeric = naive.finite_difference_grad(rest_loss, {"h": h}, eps=1e-6)["h"]
         assert flow[0, 0, t] == pytest.approx(np.linalg.norm(numeric), rel=1e-6)
+
+
+@pytest.mark.parametrize("output", ["last", "sequence"])
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy", "binary_cross_entropy"])
+def test_loss_without_gradient_equals_loss_and_grad(output, loss):
+    net, X, y, lengths, weights = make_problem("lstm", output=output, loss=loss, lengths=[5, 2, 4])
+    expected = net.loss_and_grad(X, y, lengths, loss=loss, output=output, sample_weight=weights)[0]
+    got = net.loss(X, y, lengths, loss=loss, output=output, sample_weight=weights)
+    assert got == pytest.approx(expected, rel=1e-12)

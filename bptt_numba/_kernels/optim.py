@@ -1,0 +1,263 @@
+"""Fused in-place optimizer updates and gradient clipping on the flat vector.
+
+Every network parameter lives in one contiguous vector, so each optimizer
+step is a single serial pass over it (and over its gradient and state
+vectors of the same shape): no temporaries, and the same result on any
+thread count.  The vectors are 1e4 to 1e6 long, where one pass is bound by
+memory bandwidth, so threads would buy little and would make the norms
+depend on how the sum is split.
+
+Scalar hyper-parameters arrive as Python floats (float64 in Numba) and are
+cast to the parameters' dtype at the top of each kernel, and every constant
+is built in that dtype: a bare ``1.0`` is float64 in Numba and would
+silently promote the whole float32 loop to float64.  The only float64
+arithmetic in a float32 build is in the two reductions, `global_norm` and
+`l2_penalty`, which accumulate in float64 on purpose: each is one scalar,
+and a float32 sum of 1e6 squares would lose the digits that the
+non-finite-gradient and early-stopping tests look at.
+"""
+
+import numpy as np
+
+from .._config import kernel
+
+
+@kernel
+def sgd_update(params, grad, velocity, lr, momentum, nesterov):
+    """SGD with (Nesterov) momentum, scikit-learn ``MLPRegressor`` style.
+
+    ``velocity = momentum * velocity - lr * grad``, then
+    ``params += momentum * velocity - lr * grad`` with ``nesterov`` or
+    ``params += velocity`` without.  ``momentum=0`` is plain SGD.
+
+    Parameters
+    ----------
+    params : ndarray of shape (P,)
+        Updated in place.
+    grad : ndarray of shape (P,)
+    velocity : ndarray of shape (P,)
+        Momentum buffer (zeros before the first step), updated in place.
+    lr, momentum : float
+    nesterov : bool
+    """
+    dtype = params.dtype.type
+    lr = dtype(lr)
+    momentum = dtype(momentum)
+    # The branch sits outside the loops so that each loop stays a plain
+    # streaming pass that LLVM can vectorise.
+    if nesterov:
+        for i in range(params.shape[0]):
+            step = lr * grad[i]
+            vel = momentum * velocity[i] - step
+            velocity[i] = vel
+            params[i] += momentum * vel - step
+    else:
+        for i in range(params.shape[0]):
+            vel = momentum * velocity[i] - lr * grad[i]
+            velocity[i] = vel
+            params[i] += vel
+
+
+@kernel
+def adam_update(params, grad, m, v, lr, beta1, beta2, eps, step, weight_decay):
+    """Adam, or AdamW with ``weight_decay > 0``, as ``torch.optim`` does it.
+
+    With ``g = grad``: ``params *= 1 - lr * weight_decay`` (decoupled decay,
+    AdamW; a no-op for 0), ``m = beta1 m + (1 - beta1) g``,
+    ``v = beta2 v + (1 - beta2) g**2`` and
+    ``params -= lr * (m / (1 - beta1**step)) / (sqrt(v / (1 - beta2**step)) + eps)``.
+
+    Parameters
+    ----------
+    params : ndarray of shape (P,)
+        Updated in place.
+    grad : ndarray of shape (P,)
+    m, v : ndarray of shape (P,)
+        First and second moment estimates (zeros before the first step),
+        updated in place.
+    lr, beta1, beta2, eps, weight_decay : float
+    step : int
+        1-based count of updates, this one included.
+    """
+    dtype = params.dtype.type
+    one = dtype(1.0)
+    lr = dtype(lr)
+    beta1 = dtype(beta1)
+    beta2 = dtype(beta2)
+    eps = dtype(eps)
+    n = dtype(step)
+    # Bias corrections 1 - beta**step, once per call.  Written as
+    # -expm1(step * log(beta)) because the plain form cancels: in float32,
+    # 1 - beta2**2 with beta2 = 0.999 keeps only 4 correct digits, this
+    # keeps all of them (and beta = 0 gives exactly 1, as it should).
+    correction1 = -np.expm1(n * np.log(beta1))
+    correction2 = -np.expm1(n * np.log(beta2))
+    step_size = lr / correction1
+    inv_sqrt_correction2 = one / np.sqrt(correction2)
+    # Multiplying by exactly 1 when there is no decay keeps one branch-free
+    # loop and leaves the parameters bit-for-bit as plain Adam would.
+    decay = one - lr * dtype(weight_decay)
+    keep1 = beta1
+    keep2 = beta2
+    take1 = one - beta1
+    take2 = one - beta2
+    for i in range(params.shape[0]):
+        g = grad[i]
+        mi = keep1 * m[i] + take1 * g
+        vi = keep2 * v[i] + take2 * g * g
+        m[i] = mi
+        v[i] = vi
+        # sqrt(v / c2) as sqrt(v) / sqrt(c2), with 1 / sqrt(c2) hoisted:
+        # PyTorch's own order of operations.
+        params[i] = params[i] * decay - step_size * mi / (np.sqrt(vi) * inv_sqrt_correction2 + eps)
+
+
+@kernel
+def rmsprop_update(params, grad, square_avg, lr, rho, eps):
+    """RMSprop as ``torch.optim.RMSprop(alpha=rho, momentum=0, centered=False)``.
+
+    ``square_avg = rho square_avg + (1 - rho) g**2`` and
+    ``params -= lr * g / (sqrt(square_avg) + eps)``.
+
+    Parameters
+    ----------
+    params : ndarray of shape (P,)
+        Updated in place.
+    grad : ndarray of shape (P,)
+    square_avg : ndarray of shape (P,)
+        Running mean of squared gradients (zeros before the first step),
+        updated in place.
+    lr, rho, eps : float
+    """
+    dtype = params.dtype.type
+    one = dtype(1.0)
+    lr = dtype(lr)
+    rho = dtype(rho)
+    eps = dtype(eps)
+    take = one - rho
+    for i in range(params.shape[0]):
+        g = grad[i]
+        s = rho * square_avg[i] + take * g * g
+        square_avg[i] = s
+        params[i] -= lr * g / (np.sqrt(s) + eps)
+
+
+@kernel
+def global_norm(grad):
+    """Euclidean norm of the whole gradient vector.
+
+    Accumulated in float64 whatever the dtype (one scalar; see the module
+    docstring).  NaN and inf propagate to the result, so a non-finite
+    gradient anywhere shows as a non-finite norm.
+
+    Parameters
+    ----------
+    grad : ndarray of shape (P,)
+
+    Returns
+    -------
+    float
+    """
+    total = 0.0
+    for i in range(grad.shape[0]):
+        g = np.float64(grad[i])
+        total += g * g
+    return np.sqrt(total)
+
+
+@kernel
+def clip_by_norm(grad, max_norm):
+    """Rescale ``grad`` in place to norm ``max_norm`` if it is longer.
+
+    PyTorch's ``clip_grad_norm_``: when ``norm > max_norm``, every element is
+    multiplied by ``max_norm / (norm + 1e-6)``.  A non-finite norm leaves
+    ``grad`` untouched, so the caller sees the NaN/inf it has to handle
+    instead of a vector of NaN.
+
+    Parameters
+    ----------
+    grad : ndarray of shape (P,)
+        Clipped in place.
+    max_norm : float
+
+    Returns
+    -------
+    float
+        The norm before clipping.
+    """
+    norm = global_norm(grad)
+    if np.isfinite(norm) and norm > max_norm:
+        # The factor comes from the float64 norm; it is cast once, so the
+        # loop itself runs in the gradient's dtype.
+        scale = grad.dtype.type(max_norm / (norm + 1e-6))
+        for i in range(grad.shape[0]):
+            grad[i] *= scale
+    return norm
+
+
+@kernel
+def clip_by_value(grad, limit):
+    """Clip every element of ``grad`` in place to ``[-limit, limit]``.
+
+    NaN stays NaN (as with ``torch.clamp``), so clipping by value never
+    hides a non-finite gradient from the caller's checks.
+
+    Parameters
+    ----------
+    grad : ndarray of shape (P,)
+        Clipped in place.
+    limit : float
+        Non-negative.
+    """
+    high = grad.dtype.type(limit)
+    low = -high
+    for i in range(grad.shape[0]):
+        # Comparisons with NaN are false: a NaN element is left as it is.
+        g = grad[i]
+        if g > high:
+            grad[i] = high
+        elif g < low:
+            grad[i] = low
+
+
+@kernel
+def add_l2(grad, params, mask, coef):
+    """Add the gradient of an L2 penalty on the masked parameters.
+
+    ``grad[i] += coef * params[i]`` where ``mask[i]``: the gradient of
+    ``coef / 2 * l2_penalty(params, mask)``.
+
+    Parameters
+    ----------
+    grad : ndarray of shape (P,)
+        Updated in place.
+    params : ndarray of shape (P,)
+    mask : ndarray of shape (P,), bool
+        True on weights, False on biases (which are not penalised).
+    coef : float
+    """
+    coef = grad.dtype.type(coef)
+    for i in range(grad.shape[0]):
+        if mask[i]:
+            grad[i] += coef * params[i]
+
+
+@kernel
+def l2_penalty(params, mask):
+    """Sum of the squared masked parameters, accumulated in float64.
+
+    Parameters
+    ----------
+    params : ndarray of shape (P,)
+    mask : ndarray of shape (P,), bool
+
+    Returns
+    -------
+    float
+    """
+    total = 0.0
+    for i in range(params.shape[0]):
+        if mask[i]:
+            p = np.float64(params[i])
+            total += p * p
+    return total
