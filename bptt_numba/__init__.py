@@ -2,6 +2,7 @@
 
 from . import datasets
 from .network import Network
+from .training import Trainer, make_streams, train
 
-__all__ = ["Network", "datasets"]
+__all__ = ["Network", "Trainer", "datasets", "make_streams", "train"]
 __version__ = "0.1.0"
