@@ -4,6 +4,7 @@ Arrays leave these functions C-contiguous, finite and in the model dtype, so
 the kernels compile once per dtype and never meet a surprise.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -234,3 +235,38 @@ def check_state(state, hidden_sizes, n_directions, n_state, n_samples, dtype):
             arrays.append(array)
         split.append([tuple(array[d] for array in arrays) for d in range(n_directions)])
     return split
+
+
+def check_windows(truncate):
+    """``None`` or ``(k1, k2)`` from a TBPTT ``truncate`` option: k or (k1, k2 >= k1)."""
+    if truncate is None:
+        return None
+    if isinstance(truncate, (tuple, list)):
+        if len(truncate) != 2:
+            raise ValueError(f"truncate must be k or (k1, k2); got {truncate!r}")
+        k1, k2 = (check_positive_int("truncate", k) for k in truncate)
+        if k2 < k1:
+            raise ValueError(f"truncate=(k1, k2) needs k2 >= k1; got {truncate!r}")
+        return k1, k2
+    k = check_positive_int("truncate", truncate)
+    return k, k
+
+
+def check_positive_float(name, value):
+    """Return ``value`` as a float if it is finite and > 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive number; got {value!r}")
+    value = float(value)
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive number; got {value}")
+    return value
+
+
+def check_non_negative_float(name, value):
+    """Return ``value`` as a float if it is finite and >= 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a non-negative number; got {value!r}")
+    value = float(value)
+    if not value >= 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a non-negative number; got {value}")
+    return value

@@ -202,7 +202,7 @@ class Trainer:
         self.output = val.check_choice("output", output, val.OUTPUTS)
         self.solver = val.check_choice("solver", solver, SOLVERS)
         self.learning_rate = val.check_choice("learning_rate", learning_rate, SCHEDULES)
-        self.learning_rate_init = _positive("learning_rate_init", learning_rate_init)
+        self.learning_rate_init = val.check_positive_float("learning_rate_init", learning_rate_init)
         self.power_t = float(power_t)
         self.batch_size = val.check_positive_int("batch_size", batch_size)
         self.max_iter = val.check_positive_int("max_iter", max_iter)
@@ -212,15 +212,15 @@ class Trainer:
         self.n_iter_no_change = val.check_positive_int("n_iter_no_change", n_iter_no_change)
         self.early_stopping = bool(early_stopping)
         self.validation_fraction = val.check_fraction("validation_fraction", validation_fraction)
-        self.alpha = _non_negative("alpha", alpha)
+        self.alpha = val.check_non_negative_float("alpha", alpha)
         if weight_decay is None:
             weight_decay = 0.01 if solver == "adamw" else 0.0
-        self.weight_decay = _non_negative("weight_decay", weight_decay)
+        self.weight_decay = val.check_non_negative_float("weight_decay", weight_decay)
         self.momentum, self.nesterovs_momentum = float(momentum), bool(nesterovs_momentum)
         self.beta_1, self.beta_2, self.epsilon, self.rho = float(beta_1), float(beta_2), float(epsilon), float(rho)
-        self.clip_norm = None if clip_norm is None else _positive("clip_norm", clip_norm)
-        self.clip_value = None if clip_value is None else _positive("clip_value", clip_value)
-        self.windows = _check_windows(truncate)
+        self.clip_norm = None if clip_norm is None else val.check_positive_float("clip_norm", clip_norm)
+        self.clip_value = None if clip_value is None else val.check_positive_float("clip_value", clip_value)
+        self.windows = val.check_windows(truncate)
         self.dropout = val.check_fraction("dropout", dropout)
         self.group_by_length = bool(group_by_length)
         self.on_nonfinite = val.check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
@@ -667,35 +667,6 @@ def _put_state(state, rows, part, n_samples):
         else:
             whole[:, rows] = piece
     return state
-
-
-def _check_windows(truncate):
-    """``None`` or ``(k1, k2)`` from the ``truncate`` option."""
-    if truncate is None:
-        return None
-    if isinstance(truncate, (tuple, list)):
-        if len(truncate) != 2:
-            raise ValueError(f"truncate must be k or (k1, k2); got {truncate!r}")
-        k1, k2 = (val.check_positive_int("truncate", k) for k in truncate)
-        if k2 < k1:
-            raise ValueError(f"truncate=(k1, k2) needs k2 >= k1; got {truncate!r}")
-        return k1, k2
-    k = val.check_positive_int("truncate", truncate)
-    return k, k
-
-
-def _positive(name, value):
-    value = float(value)
-    if not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be a positive number; got {value}")
-    return value
-
-
-def _non_negative(name, value):
-    value = float(value)
-    if not value >= 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be a non-negative number; got {value}")
-    return value
 
 
 @contextmanager
