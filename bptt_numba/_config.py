@@ -4,6 +4,9 @@ Kernels import their decorators from here so that caching, the fastmath flag
 set and parallelism are chosen once and consistently.
 """
 
+import threading
+from contextlib import contextmanager
+
 import numba
 
 #: LLVM fast-math flags the kernels may use.  Deliberately *not*
@@ -48,20 +51,29 @@ def kernel(func=None, *, parallel=False):
 
 _BLAS_CONTROLLER = None
 
+#: Serialises the kernels under Numba's workqueue threading layer, which
+#: aborts the process when two threads launch parallel regions at once (the
+#: OpenMP and TBB layers are thread-safe and take no lock).
+_WORKQUEUE_LOCK = threading.RLock()
 
-def serial_blas():
-    """Context manager holding BLAS to one thread.
+
+def _needs_lock():
+    try:
+        return numba.threading_layer() == "workqueue"
+    except ValueError:  # no parallel region launched yet: the layer is unknown
+        return True
+
+
+@contextmanager
+def kernel_section():
+    """Context for running the kernels: one BLAS thread, and thread safety.
 
     The kernels parallelise over the batch with Numba's threads and call
-    BLAS between parallel regions many times per sequence.  A multithreaded
-    BLAS leaves its threads spinning after each call, and they then fight
-    Numba's threads for the cores: measured here on 2 cores, an LSTM step
-    went from 25 ms to over 1 s.  So BLAS runs single-threaded inside the
-    package's passes and the thread count is Numba's alone.
-
-    Returns
-    -------
-    contextlib.AbstractContextManager
+    BLAS inside their parallel regions (on a chunk of the batch each).  A
+    multithreaded BLAS would oversubscribe the cores, and its threads spin
+    between calls: measured here on 2 cores, an LSTM step went from 25 ms to
+    over 1 s.  So BLAS runs single-threaded inside the package's passes and
+    the thread count is Numba's alone.
     """
     global _BLAS_CONTROLLER
     if _BLAS_CONTROLLER is None:
@@ -70,7 +82,12 @@ def serial_blas():
         from threadpoolctl import ThreadpoolController
 
         _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+    with _BLAS_CONTROLLER.limit(limits=1, user_api="blas"):
+        if _needs_lock():
+            with _WORKQUEUE_LOCK:
+                yield
+        else:
+            yield
 
 
 def batch_chunk(n_samples):

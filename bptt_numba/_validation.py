@@ -8,6 +8,7 @@ import math
 import numbers
 
 import numpy as np
+from scipy.sparse import issparse
 
 CELLS = ("rnn", "lstm", "gru")
 NONLINEARITIES = ("tanh", "relu")
@@ -186,7 +187,7 @@ def check_sample_weight(sample_weight, n_samples, dtype):
         raise ValueError(f"sample_weight must have shape ({n_samples},); got {weights.shape}")
     check_finite("sample_weight", weights)
     if weights.min() < 0 or weights.sum() <= 0:
-        raise ValueError("sample_weight must be non-negative with a positive sum")
+        raise ValueError("sample_weight must be non-negative and not all zero")
     return weights
 
 
@@ -270,3 +271,127 @@ def check_non_negative_float(name, value):
     if not value >= 0 or not math.isfinite(value):
         raise ValueError(f"{name} must be a non-negative number; got {value}")
     return value
+
+
+def _numeric(name, values, dtype):
+    """Convert ``values`` to ``dtype``; object arrays of numbers are accepted."""
+    array = np.asarray(values)
+    if array.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {name} has dtype {array.dtype}")
+    if array.dtype.kind == "O":
+        array = array.astype(np.float64)  # TypeError for non-numbers
+    elif array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers; got an array of dtype {array.dtype}")
+    return np.asarray(array, dtype=dtype)
+
+
+def check_sequence_input(X, dtype):
+    """Normalise estimator input to a padded batch.
+
+    Parameters
+    ----------
+    X : array-like or list
+        A 3-D array (n_samples, n_timesteps, n_features); a 2-D array
+        (n_samples, n_timesteps) of univariate sequences; or a list of
+        per-sequence arrays (n_timesteps_i[, n_features]) of any lengths.
+    dtype : numpy.dtype
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, max_timesteps, n_features)
+        C-contiguous, finite, zero after each sequence's end.
+    lengths : ndarray of shape (n_samples,), int64
+    layout : {"2d", "3d", "list"}
+    """
+    if issparse(X):
+        raise TypeError("Sparse data was passed for X, but dense data is required (sequences are dense arrays).")
+    if isinstance(X, (list, tuple)) and len(X) and all(hasattr(x, "__len__") for x in X):
+        try:
+            array = np.asarray(X)
+        except ValueError:
+            array = None  # ragged
+        if array is None or array.dtype.kind == "O":
+            return _pad_sequences(X, dtype)
+        X = array
+    array = _numeric("X", X, dtype)
+    if array.ndim not in (2, 3):
+        raise ValueError(
+            f"Expected a 2-D (n_samples, n_timesteps) or 3-D (n_samples, n_timesteps, n_features) array, or a "
+            f"list of sequences; got an array of shape {array.shape}. Reshape your data."
+        )
+    if array.shape[0] == 0:
+        raise ValueError(f"Found array with 0 sample(s) (shape={array.shape}) while a minimum of 1 is required.")
+    if array.size == 0:
+        kind = "feature(s)" if array.ndim == 2 else "time step(s) or feature(s)"
+        raise ValueError(f"Found array with 0 {kind} (shape={array.shape}) while a minimum of 1 is required.")
+    layout = "2d" if array.ndim == 2 else "3d"
+    if layout == "2d":
+        array = array[:, :, None]
+    check_finite("X", array)
+    return np.ascontiguousarray(array), np.full(array.shape[0], array.shape[1], dtype=np.int64), layout
+
+
+def _pad_sequences(sequences, dtype):
+    """Pad a list of (T_i[, D]) sequences into one batch."""
+    arrays = []
+    for i, sequence in enumerate(sequences):
+        array = _numeric(f"sequence {i} of X", sequence, dtype)
+        if array.ndim == 1:
+            array = array[:, None]
+        if array.ndim != 2:
+            raise ValueError(f"sequence {i} of X must be 1-D or 2-D (n_timesteps, n_features); got shape {array.shape}")
+        if array.shape[0] == 0:
+            raise ValueError(f"sequence {i} of X has no time steps: zero-length sequences are not allowed")
+        check_finite(f"sequence {i} of X", array)
+        arrays.append(array)
+    n_features = {a.shape[1] for a in arrays}
+    if len(n_features) != 1:
+        raise ValueError(f"all sequences must have the same number of features; got {sorted(n_features)}")
+    lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64)
+    padded = np.zeros((len(arrays), lengths.max(), arrays[0].shape[1]), dtype=dtype)
+    for i, array in enumerate(arrays):
+        padded[i, : lengths[i]] = array
+    return padded, lengths, "list"
+
+
+def check_step_targets(y, lengths, n_steps, dtype=None):
+    """Per-step targets for ``output="sequence"``: an array or a list matching X.
+
+    Parameters
+    ----------
+    y : array-like or list
+        (n_samples, n_timesteps[, n_outputs]) or a list of per-sequence
+        arrays (n_timesteps_i[, n_outputs]) whose lengths match X's.
+    lengths : ndarray of shape (n_samples,)
+    n_steps : int
+    dtype : numpy.dtype, optional
+        Float dtype to convert to; None keeps the labels as they are.
+
+    Returns
+    -------
+    ndarray of shape (n_samples, n_steps[, n_outputs])
+        Padded with the first valid value of each sequence.
+    """
+    if isinstance(y, (list, tuple)):
+        if len(y) != lengths.shape[0]:
+            raise ValueError(f"y has {len(y)} sequences but X has {lengths.shape[0]}")
+        parts = [np.asarray(part) for part in y]
+        for i, part in enumerate(parts):
+            if part.ndim == 0 or part.shape[0] != lengths[i]:
+                raise ValueError(
+                    f"the targets of sequence {i} have {0 if part.ndim == 0 else part.shape[0]} steps but the "
+                    f"sequence has {lengths[i]}"
+                )
+        tail = parts[0].shape[1:]
+        padded = np.empty((len(parts), n_steps) + tail, dtype=parts[0].dtype if dtype is None else dtype)
+        for i, part in enumerate(parts):
+            padded[i, : lengths[i]] = part
+            padded[i, lengths[i] :] = part[0]
+        y = padded
+    y = np.asarray(y)
+    if y.ndim < 2 or y.shape[:2] != (lengths.shape[0], n_steps):
+        raise ValueError(
+            f"per-step targets must have shape (n_samples, n_timesteps[, n_outputs]) = ({lengths.shape[0]}, "
+            f"{n_steps}, ...) or be a list matching X's sequences; got shape {y.shape}"
+        )
+    return y if dtype is None else _numeric("y", y, dtype)

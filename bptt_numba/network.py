@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _validation as val
-from ._config import batch_chunk, serial_blas
+from ._config import batch_chunk, kernel_section
 from ._kernels import layers, losses
 
 _LOSS_KERNELS = {
@@ -92,6 +92,18 @@ class Network:
         self.params = np.zeros(sum(int(np.prod(s)) for s in self._shapes.values()), dtype=self.dtype)
         self._weights = self.unflatten(self.params)
         self._initialise(val.as_generator(random_state))
+
+    def __getstate__(self):
+        # The cell's kernel module and the named views are rebuilt on load:
+        # a module does not pickle, and pickled views would become copies.
+        state = self.__dict__.copy()
+        del state["_kernels"], state["_weights"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._kernels = layers.CELLS[self.cell]
+        self._weights = self.unflatten(self.params)
 
     # ------------------------------------------------------------------ layout
     @property
@@ -239,7 +251,7 @@ class Network:
             continues them exactly (unidirectional networks).
         """
         batch = self._batch(X, lengths, state, output)
-        with serial_blas():
+        with kernel_section():
             tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state)
         chunk = batch.x.shape[2]
         true_lengths = batch.lengths[: batch.n_samples]
@@ -434,7 +446,7 @@ class Network:
         value = 0.0
         input_grads, flows = [], []
         state_now = batch.state
-        with serial_blas():
+        with kernel_section():
             for t0, t1, cut in segments:
                 x = batch.x if len(segments) == 1 else np.ascontiguousarray(batch.x[:, t0:t1])
                 seg_lengths = np.clip(batch.lengths - t0, 0, t1 - t0)

@@ -270,7 +270,7 @@ def test_bad_batches_raise_clear_errors():
         (dict(loss="hinge"), ValueError, "loss must be one of"),
         (dict(output="all"), ValueError, "output must be one of"),
         (dict(truncate=0), ValueError, "truncate must be >= 1"),
-        (dict(sample_weight=[1, -1, 1]), ValueError, "non-negative"),
+        (dict(sample_weight=[1, -1, 1]), ValueError, "non-negative and not all zero"),
         (dict(state=[(np.zeros((1, 3, 4)),) * 2]), ValueError, r"state of layer 0 must have shape \(1, 3, 3\)"),
         (dict(state=[np.zeros((1, 3, 3))]), ValueError, r"pair \(h, c\)"),
         (dict(loss="cross_entropy", y=np.array([0, 1, 2])), ValueError, r"class indices must lie in \[0, 2\)"),
