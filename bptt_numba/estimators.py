@@ -164,10 +164,14 @@ class _RNNBase(BaseEstimator):
         X_arr, lengths, _ = self._sequences(X, reset=reset)
         targets, n_outputs = self._targets(y, lengths, X_arr.shape[1], reset, classes)
         weights = self._sample_weight(sample_weight, targets, lengths)
-        continuing = hasattr(self, "network_") and (incremental or self.warm_start)
-        if continuing:
+        fitted = hasattr(self, "network_")
+        if incremental and fitted:
+            # partial_fit continues the optimizer (its moments, its step count).
             trainer = copy.deepcopy(self.trainer_)
             self._update_trainer(trainer, X_arr.shape[0])
+        elif self.warm_start and fitted:
+            # warm_start continues the weights with a fresh optimizer, as MLP does.
+            trainer = self._make_trainer(copy.deepcopy(self.network_), X_arr.shape[0])
         else:
             network = Network(
                 X_arr.shape[2],
@@ -184,12 +188,11 @@ class _RNNBase(BaseEstimator):
             if incremental:
                 trainer.partial_fit(X_arr, targets, lengths, weights)
             else:
-                history = (trainer.loss_curve_, trainer.n_iter_, trainer.t_) if continuing else None
                 trainer.fit(X_arr, targets, lengths, weights)
-                if history is not None:
-                    trainer.loss_curve_ = history[0] + trainer.loss_curve_
-                    trainer.n_iter_ += history[1]
-                    trainer.t_ += history[2]
+                if self.warm_start and fitted:
+                    trainer.loss_curve_ = self.loss_curve_ + trainer.loss_curve_
+                    trainer.n_iter_ += self.n_iter_
+                    trainer.t_ += self.t_
         # Only a completed fit replaces the model: a failed one raised above.
         self.trainer_ = trainer
         self.network_ = trainer.network
