@@ -327,3 +327,19 @@ def test_forecaster_beats_persistence():
     assert np.mean((forecast - truth) ** 2) < np.mean((persistence - truth) ** 2) / 4
     from_history = model.predict(10, history=series[:2000])
     np.testing.assert_allclose(from_history, forecast, rtol=1e-5, atol=1e-6)
+
+
+def test_class_weight_and_sample_weight_shift_the_decision():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4, 1))
+    y = (X.sum(axis=(1, 2)) > 1.0).astype(int)  # about 1 in 4 positive
+    options = dict(hidden_layer_sizes=(8,), max_iter=30, learning_rate_init=1e-2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        plain = RNNClassifier(**options).fit(X, y)
+        balanced = RNNClassifier(**options, class_weight="balanced").fit(X, y)
+        weighted = RNNClassifier(**options).fit(X, y, sample_weight=np.where(y == 1, 3.0, 1.0))
+    assert balanced.predict(X).mean() > plain.predict(X).mean()
+    assert weighted.predict(X).mean() > plain.predict(X).mean()
+    with pytest.raises(ValueError, match="not in classes"):
+        RNNClassifier(**options, class_weight={5: 2.0}).fit(X, y)
