@@ -656,7 +656,8 @@ class Network:
         split_state = val.check_state(
             state, self.hidden_sizes, self.n_directions, self._kernels.N_STATE, n_samples, self.dtype
         )
-        chunk = batch_chunk(n_samples)
+        largest = max(w.nbytes for name, w in self._weights.items() if name.startswith("weight_hh"))
+        chunk = batch_chunk(n_samples, largest)
         x = np.ascontiguousarray(_to_chunks(X, chunk).transpose(0, 2, 1, 3))
         chunked_state = [[tuple(_to_chunks(a, chunk) for a in parts) for parts in layer] for layer in split_state]
         padded_lengths = _to_chunks(lengths, chunk).reshape(-1)
