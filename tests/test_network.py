@@ -393,3 +393,22 @@ def test_loss_without_gradient_equals_loss_and_grad(output, loss):
     expected = net.loss_and_grad(X, y, lengths, loss=loss, output=output, sample_weight=weights)[0]
     got = net.loss(X, y, lengths, loss=loss, output=output, sample_weight=weights)
     assert got == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+def test_large_weights_chunk_per_thread_and_agree_up_to_rounding():
+    """Beyond the L2 cache the batch is split one chunk per thread: the
+    gradient shares are then added in another order, nothing more."""
+    net, X, y, lengths, _ = make_problem("lstm", hidden_sizes=(200,), n_samples=6, n_steps=5, lengths=[5, 3, 5, 2, 4, 5])
+    assert net.get_weights()["weight_hh_l0"].nbytes > 1 << 20
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = net.loss_and_grad_vector(X, y, lengths)
+        numba.set_num_threads(2)
+        two = net.loss_and_grad_vector(X, y, lengths)
+    finally:
+        numba.set_num_threads(previous)
+    assert relative_error(one[1], two[1]) < 1e-10
+    ref = naive.naive_loss_and_grad(net.get_weights(), X, y, lengths, **_model(net))[1]
+    assert relative_error(two[1], np.concatenate([ref[k].ravel() for k in net.parameter_shapes])) < 1e-10

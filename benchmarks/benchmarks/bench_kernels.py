@@ -24,6 +24,24 @@ class TrainingStep:
         self.net.loss_and_grad_vector(self.X, self.y)
 
 
+class Shapes:
+    """LSTM step over batch size and sequence length (H = 64, D = 8)."""
+
+    params = ([1, 8, 64], [25, 200])
+    param_names = ["batch", "n_steps"]
+
+    def setup(self, batch, n_steps):
+        self.net = make_network("lstm", 64, n_features=8)
+        self.X, self.y = make_batch(batch, n_steps, 8)
+        warm_up(self.net)
+
+    def time_loss_and_grad(self, batch, n_steps):
+        self.net.loss_and_grad_vector(self.X, self.y)
+
+    def time_forward(self, batch, n_steps):
+        self.net.forward(self.X)
+
+
 class TruncatedStep:
     """A long sequence under truncated BPTT: time and memory per window size."""
 
