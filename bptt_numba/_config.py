@@ -65,8 +65,8 @@ def _needs_lock():
 
 
 @contextmanager
-def kernel_section():
-    """Context for running the kernels: one BLAS thread, and thread safety.
+def kernel_section(blas_threads=1):
+    """Context for running the kernels: ``blas_threads`` BLAS threads, and thread safety.
 
     The kernels parallelise over the batch with Numba's threads and call
     BLAS inside their parallel regions (on a chunk of the batch each).  A
@@ -82,7 +82,7 @@ def kernel_section():
         from threadpoolctl import ThreadpoolController
 
         _BLAS_CONTROLLER = ThreadpoolController()
-    with _BLAS_CONTROLLER.limit(limits=1, user_api="blas"):
+    with _BLAS_CONTROLLER.limit(limits=blas_threads, user_api="blas"):
         if _needs_lock():
             with _WORKQUEUE_LOCK:
                 yield
@@ -91,20 +91,23 @@ def kernel_section():
 
 
 #: Recurrent weights larger than this (bytes) no longer sit in a core's L2
-#: cache: every chunk then streams them from L3 at every step.
+#: cache: every chunk would stream them from L3 at every step.
 LARGE_WEIGHTS = 1 << 20
 
 
-def batch_chunk(n_samples, weight_bytes):
-    """Samples per ``prange`` task for a batch of ``n_samples``.
+def batch_plan(n_samples, weight_bytes):
+    """How a batch is parallelised: ``(samples per prange task, BLAS threads)``.
 
-    Small weights: a function of the batch size alone, about 16 tasks of at
-    least 8 samples (so the per-step GEMMs stay efficient), and results
-    identical for any thread count.  Weights beyond the L2 cache: one task
-    per thread, so each thread streams the weights once per step (measured,
-    LSTM H=512 on 2 cores: 1.19 s per step with chunks of 4, 0.40 s with one
-    chunk per thread); results then differ across thread counts by rounding
-    only, through the order the chunks' gradient shares are added in.
+    Small weights: about 16 tasks of at least 8 samples each (so the
+    per-step GEMMs stay efficient), one BLAS thread each; a function of the
+    batch size alone, so results are identical for any thread count.
+    Weights beyond the L2 cache: one task for the whole batch whose GEMMs
+    use all the threads (BLAS splits the weight columns between them), since
+    splitting the batch makes every thread stream all the weights at every
+    step.  Measured, LSTM H=512, B=64, T=100 on 2 cores: 1.19 s per step
+    with chunks of 4 samples; 0.40-0.50 s with one chunk per thread and
+    0.42-0.48 s with this plan, which also keeps the results independent of
+    the thread count and lets BLAS use many cores on one batch.
 
     Parameters
     ----------
@@ -114,8 +117,9 @@ def batch_chunk(n_samples, weight_bytes):
 
     Returns
     -------
-    int
+    chunk : int
+    blas_threads : int
     """
     if weight_bytes > LARGE_WEIGHTS:
-        return -(-n_samples // numba.get_num_threads())
-    return min(n_samples, max(8, -(-n_samples // 16)))
+        return n_samples, numba.get_num_threads()
+    return min(n_samples, max(8, -(-n_samples // 16))), 1

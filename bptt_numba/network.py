@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _validation as val
-from ._config import batch_chunk, kernel_section
+from ._config import batch_plan, kernel_section
 from ._kernels import layers, losses
 
 _LOSS_KERNELS = {
@@ -251,7 +251,7 @@ class Network:
             continues them exactly (unidirectional networks).
         """
         batch = self._batch(X, lengths, state, output)
-        with kernel_section():
+        with kernel_section(batch.blas_threads):
             tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state)
         chunk = batch.x.shape[2]
         true_lengths = batch.lengths[: batch.n_samples]
@@ -446,7 +446,7 @@ class Network:
         value = 0.0
         input_grads, flows = [], []
         state_now = batch.state
-        with kernel_section():
+        with kernel_section(batch.blas_threads):
             for t0, t1, cut in segments:
                 x = batch.x if len(segments) == 1 else np.ascontiguousarray(batch.x[:, t0:t1])
                 seg_lengths = np.clip(batch.lengths - t0, 0, t1 - t0)
@@ -657,11 +657,11 @@ class Network:
             state, self.hidden_sizes, self.n_directions, self._kernels.N_STATE, n_samples, self.dtype
         )
         largest = max(w.nbytes for name, w in self._weights.items() if name.startswith("weight_hh"))
-        chunk = batch_chunk(n_samples, largest)
+        chunk, blas_threads = batch_plan(n_samples, largest)
         x = np.ascontiguousarray(_to_chunks(X, chunk).transpose(0, 2, 1, 3))
         chunked_state = [[tuple(_to_chunks(a, chunk) for a in parts) for parts in layer] for layer in split_state]
         padded_lengths = _to_chunks(lengths, chunk).reshape(-1)
-        return _Batch(x, padded_lengths, chunked_state, n_samples, n_steps)
+        return _Batch(x, padded_lengths, chunked_state, n_samples, n_steps, blas_threads)
 
 
 class _Batch(NamedTuple):
@@ -672,6 +672,7 @@ class _Batch(NamedTuple):
     state: list
     n_samples: int
     n_steps: int
+    blas_threads: int  # see _config.batch_plan
 
 
 class _Objective(NamedTuple):

@@ -5,10 +5,8 @@ zero-length samples), and every buffer is chunk-major and then time-major:
 ``(K, T, C, features)``.  Each chunk is one ``prange`` task that runs the
 whole time loop of its samples with its own small GEMMs, so a layer is one
 parallel region, and every chunk's data are contiguous for those GEMMs.  The
-chunking (``_config.batch_chunk``) depends on the batch size, and for
-weights too large for the L2 cache on the thread count; samples never share
-an output, so the thread count changes at most the rounding of the summed
-gradient shares.
+chunking (``_config.batch_plan``) depends on the batch and weight sizes,
+never on the thread count, so neither do the results.
 
 States live in buffers of ``T + 1`` time slots.  A forward-direction layer
 keeps its initial state in slot 0 and the state after step ``t`` in slot
