@@ -167,3 +167,25 @@ def test_float32_kernels_do_no_float64_arithmetic(cell, monkeypatch):
         for kernel in fresh.values():
             (ir,) = kernel.inspect_llvm().values()
             assert bool(pattern.search(ir)) == (dtype == np.float64), (kernel.__name__, dtype)
+
+
+def test_denormals_are_flushed_inside_kernels_only():
+    import platform
+
+    from bptt_numba._kernels._fpu import flush_denormals, restore_fpu
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("flush-to-zero is set on x86-64 only")
+
+    @numba.njit
+    def products(a, b, c):
+        previous = flush_denormals()
+        inside = a[0] * b[0]
+        restore_fpu(previous)
+        outside = a[0] * c[0]
+        return inside, outside
+
+    tiny = np.array([1e-20], np.float32)
+    inside, outside = products(tiny, np.array([1e-20], np.float32), np.array([2e-20], np.float32))
+    assert inside == 0.0  # 1e-40 is denormal in float32: flushed
+    assert outside == np.float32(1e-20) * np.float32(2e-20) != 0.0

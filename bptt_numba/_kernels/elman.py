@@ -8,6 +8,7 @@ import numpy as np
 from numba import prange
 
 from .._config import kernel
+from ._fpu import flush_denormals, restore_fpu
 from ._recurrence import chunk_gradients, crosses_border, project_inputs, step_slots
 from .activations import drelu, dtanh, relu, tanh
 
@@ -41,6 +42,7 @@ def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reve
     n_chunks, n_steps, chunk, _ = x.shape
     hidden = w_hh_t.shape[0]
     for k in prange(n_chunks):
+        fpu = flush_denormals()
         project_inputs(x[k], w_ih_t, b_ih, gates[k])
         rec = np.empty((chunk, hidden), dtype=gates.dtype)
         for s in range(n_steps):
@@ -53,6 +55,7 @@ def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reve
                 for j in range(hidden):
                     pre = gates[k, t, i, j] + rec[i, j] + b_hh[j]
                     h[k, new, i, j] = relu(pre) if use_relu else tanh(pre)
+        restore_fpu(fpu)
 
 
 @kernel(parallel=True)
@@ -73,6 +76,7 @@ def elman_backward(
     hidden = w_hh.shape[1]
     record = dh_sq.size > 0
     for k in prange(n_chunks):
+        fpu = flush_denormals()
         dh = np.zeros((chunk, hidden), dtype=gates.dtype)
         dh_rec = np.empty((chunk, hidden), dtype=gates.dtype)
         later = n_steps
@@ -103,3 +107,4 @@ def elman_backward(
                         dh_sq[k, t, i] += dht * dht
         h_prev = h[k, 1:] if reverse else h[k, :-1]
         chunk_gradients(x[k], h_prev, gates[k], gates[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
+        restore_fpu(fpu)

@@ -15,6 +15,7 @@ import numpy as np
 from numba import prange
 
 from .._config import kernel
+from ._fpu import flush_denormals, restore_fpu
 from ._recurrence import chunk_gradients, crosses_border, project_inputs, step_slots
 from .activations import dsigmoid, dtanh, one_minus, sigmoid, tanh
 
@@ -46,6 +47,7 @@ def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, 
     n_chunks, n_steps, chunk, _ = x.shape
     hidden = w_hh_t.shape[0]
     for k in prange(n_chunks):
+        fpu = flush_denormals()
         project_inputs(x[k], w_ih_t, b_ih, gates[k])
         step_rec = np.empty((chunk, 3 * hidden), dtype=gates.dtype)
         for s in range(n_steps):
@@ -67,6 +69,7 @@ def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, 
                     a[j] = rg
                     a[hidden + j] = zg
                     a[2 * hidden + j] = ng
+        restore_fpu(fpu)
 
 
 @kernel(parallel=True)
@@ -90,6 +93,7 @@ def gru_backward(
     hidden = w_hh.shape[1]
     record = dh_sq.size > 0
     for k in prange(n_chunks):
+        fpu = flush_denormals()
         dh = np.zeros((chunk, hidden), dtype=gates.dtype)
         dh_direct = np.zeros((chunk, hidden), dtype=gates.dtype)
         dh_rec = np.empty((chunk, hidden), dtype=gates.dtype)
@@ -134,3 +138,4 @@ def gru_backward(
                         dh_sq[k, t, i] += dht * dht
         h_prev = h[k, 1:] if reverse else h[k, :-1]
         chunk_gradients(x[k], h_prev, gates[k], rec[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
+        restore_fpu(fpu)

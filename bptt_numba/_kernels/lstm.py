@@ -19,6 +19,7 @@ import numpy as np
 from numba import prange
 
 from .._config import kernel
+from ._fpu import flush_denormals, restore_fpu
 from ._recurrence import chunk_gradients, crosses_border, project_inputs, step_slots
 from .activations import dsigmoid, dtanh, sigmoid, tanh
 
@@ -59,6 +60,7 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
     n_chunks, n_steps, chunk, _ = x.shape
     hidden = w_hh_t.shape[0]
     for k in prange(n_chunks):
+        fpu = flush_denormals()
         project_inputs(x[k], w_ih_t, b_ih, gates[k])
         rec = np.empty((chunk, 4 * hidden), dtype=gates.dtype)
         for s in range(n_steps):
@@ -83,6 +85,7 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
                     a[hidden + j] = fg
                     a[2 * hidden + j] = gg
                     a[3 * hidden + j] = og
+        restore_fpu(fpu)
 
 
 @kernel(parallel=True)
@@ -119,6 +122,7 @@ def lstm_backward(
     hidden = w_hh.shape[1]
     record = dh_sq.size > 0
     for k in prange(n_chunks):
+        fpu = flush_denormals()
         dh = np.zeros((chunk, hidden), dtype=gates.dtype)
         dc = np.zeros((chunk, hidden), dtype=gates.dtype)
         dh_rec = np.empty((chunk, hidden), dtype=gates.dtype)
@@ -161,3 +165,4 @@ def lstm_backward(
                         dh_sq[k, t, i] += dht * dht
         h_prev = h[k, 1:] if reverse else h[k, :-1]
         chunk_gradients(x[k], h_prev, gates[k], gates[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
+        restore_fpu(fpu)
