@@ -113,13 +113,18 @@ def gemm_gflops(threads, n=2048, repeat=5):
 
 def measure(side, threads, repeat, grid):
     """Timings of one side, in this process: (step ms per row, latency ms per cell)."""
-    numba.set_num_threads(threads)
     if side == "torch":
         import torch
 
         torch.set_num_threads(threads)
+        # Our kernels flush denormals; without this torch's steps slowed down
+        # 2-17x here as training produced them, which would flatter us.
+        torch.set_flush_denormal(True)
         build = lambda *case: theirs(torch, *case)  # noqa: E731
     else:
+        # Only here: starting Numba's thread pool in torch's process slowed
+        # torch's GRU and RNN steps down several times.
+        numba.set_num_threads(threads)
         build = ours
     steps = []
     for cell, hidden, batch, n_steps, features in grid:

@@ -10,6 +10,7 @@ input of every step of a layer, the cell kernel unrolls the recurrence, and
 after the backward sweep the weight gradients of all steps are two GEMMs.
 """
 
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -96,14 +97,30 @@ class Network:
     def __getstate__(self):
         # The cell's kernel module and the named views are rebuilt on load:
         # a module does not pickle, and pickled views would become copies.
+        # The scratch buffers are not part of the model.
         state = self.__dict__.copy()
         del state["_kernels"], state["_weights"]
+        state.pop("_scratch", None)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._kernels = layers.CELLS[self.cell]
         self._weights = self.unflatten(self.params)
+
+    def _workspace(self):
+        """This thread's reusable buffers for the training passes.
+
+        Reusing them step after step saves the page faults of fresh
+        multi-megabyte arrays (see ``layers``); one set per thread, so
+        concurrent calls on one network never share them.
+        """
+        scratch = self.__dict__.get("_scratch")
+        if scratch is None:
+            scratch = self._scratch = threading.local()
+        if not hasattr(scratch, "buffers"):
+            scratch.buffers = {}
+        return scratch.buffers
 
     # ------------------------------------------------------------------ layout
     @property
@@ -510,7 +527,8 @@ class Network:
         layer and direction) and d loss / d x (or None); accumulates the
         parameter gradient into ``grad``.
         """
-        tapes, top = self._forward_layers(x, lengths, state, masks)
+        workspace = self._workspace()
+        tapes, top = self._forward_layers(x, lengths, state, masks, workspace)
         n_steps, chunk = x.shape[1], x.shape[2]
         first = max(objective.loss_start - t0, 0)
         if objective.output == "last":
@@ -545,11 +563,11 @@ class Network:
         else:
             for direction in range(self.n_directions):
                 d_top[direction][k_idx, t_idx, i_idx] = d_features[:, direction * hidden : (direction + 1) * hidden]
-        dx = self._backward_layers(tapes, lengths, d_top, truncate, t0, grads, need_input_grad, masks, flow)
-        return value, self._final_states(tapes), dx
+        dx = self._backward_layers(tapes, lengths, d_top, truncate, t0, grads, need_input_grad, masks, flow, workspace)
+        return value, self._final_states(tapes), None if dx is None else dx.copy()
 
     # ------------------------------------------------------------ layer stack
-    def _forward_layers(self, x, lengths, state, masks=None):
+    def _forward_layers(self, x, lengths, state, masks=None, workspace=None):
         """Unroll every layer of a chunk-major batch.
 
         Returns
@@ -571,7 +589,7 @@ class Network:
                 directions.append(
                     layers.forward(
                         self.cell, layer_input, w_ih, b_ih, w_hh, b_hh, state[layer][direction], lengths,
-                        direction == 1, use_relu,
+                        direction == 1, use_relu, workspace, (layer, direction),
                     )
                 )
             tapes.append((layer_input, directions))
@@ -579,7 +597,7 @@ class Network:
             layer_input = np.concatenate(outputs, axis=3)
         return tapes, layer_input
 
-    def _backward_layers(self, tapes, lengths, d_top, truncate, t0, grads, need_input_grad, masks, flow):
+    def _backward_layers(self, tapes, lengths, d_top, truncate, t0, grads, need_input_grad, masks, flow, workspace):
         """Back-propagate ``d_top`` through the stack, accumulating ``grads``."""
         use_relu = self.nonlinearity == "relu"
         d_outputs = d_top
@@ -595,7 +613,7 @@ class Network:
                     squares[direction] = np.zeros(layer_input.shape[:3], self.dtype)
                 dx, layer_grads = layers.backward(
                     self.cell, layer_input, w_ih, w_hh, tape, lengths, direction == 1, truncate, t0,
-                    d_outputs[direction], want_dx, use_relu, squares[direction],
+                    d_outputs[direction], want_dx, use_relu, squares[direction], workspace, (layer, direction),
                 )
                 for total, part in zip(self._layer_weights(grads, layer, direction), layer_grads):
                     total += part

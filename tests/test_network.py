@@ -142,9 +142,9 @@ def test_truncated_backward_holds_one_window_of_activations(monkeypatch):
     seen = []
     original = Network._forward_layers
 
-    def recording(self, x, seg_lengths, state, masks=None):
+    def recording(self, x, *args):
         seen.append(x.shape[1])  # (chunks, time, chunk, features)
-        return original(self, x, seg_lengths, state, masks)
+        return original(self, x, *args)
 
     monkeypatch.setattr(Network, "_forward_layers", recording)
     net.loss_and_grad_vector(X, y, lengths, truncate=4)
@@ -412,3 +412,25 @@ def test_large_weights_take_the_blas_threaded_plan_and_agree():
     assert relative_error(one[1], two[1]) < 1e-10
     ref = naive.naive_loss_and_grad(net.get_weights(), X, y, lengths, **_model(net))[1]
     assert relative_error(two[1], np.concatenate([ref[k].ravel() for k in net.parameter_shapes])) < 1e-10
+
+
+def test_reused_buffers_never_leak_between_calls_or_threads():
+    import threading
+
+    net, X, y, lengths, _ = make_problem("gru", hidden_sizes=(5, 4), n_samples=9, n_steps=8, lengths=None)
+    lengths = np.array([8, 3, 5, 8, 1, 7, 8, 2, 6])
+    expected = net.loss_and_grad_vector(X, y, lengths, truncate=3)
+    net.loss_and_grad_vector(X[:4, :6], y[:4])  # other shapes in between
+    np.testing.assert_array_equal(net.loss_and_grad_vector(X, y, lengths, truncate=3)[1], expected[1])
+    results = []
+
+    def work():
+        for _ in range(20):
+            results.append(np.array_equal(net.loss_and_grad_vector(X, y, lengths, truncate=3)[1], expected[1]))
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 60 and all(results)
