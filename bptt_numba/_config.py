@@ -75,19 +75,38 @@ def kernel_section(blas_threads=1):
     over 1 s.  So BLAS runs single-threaded inside the package's passes and
     the thread count is Numba's alone.
     """
+    libraries = _blas_libraries()
+    previous = [library.get_num_threads() for library in libraries]
+    try:
+        for library, threads in zip(libraries, previous):
+            if threads != blas_threads:
+                library.set_num_threads(blas_threads)
+        if _needs_lock():
+            with _WORKQUEUE_LOCK:
+                yield
+        else:
+            yield
+    finally:
+        for library, threads in zip(libraries, previous):
+            if threads != blas_threads:
+                library.set_num_threads(threads)
+
+
+def _blas_libraries():
+    """threadpoolctl's controllers of the BLAS libraries loaded (found once).
+
+    Calling them directly costs a few microseconds; a fresh
+    ``threadpool_limits`` context re-inspects every library each time (about
+    60 us, a quarter of a one-sequence LSTM forward pass).
+    """
     global _BLAS_CONTROLLER
     if _BLAS_CONTROLLER is None:
         # Numba calls the BLAS that SciPy ships; load it before looking.
         import scipy.linalg.cython_blas  # noqa: F401
         from threadpoolctl import ThreadpoolController
 
-        _BLAS_CONTROLLER = ThreadpoolController()
-    with _BLAS_CONTROLLER.limit(limits=blas_threads, user_api="blas"):
-        if _needs_lock():
-            with _WORKQUEUE_LOCK:
-                yield
-        else:
-            yield
+        _BLAS_CONTROLLER = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _BLAS_CONTROLLER
 
 
 #: Recurrent weights larger than this (bytes) no longer sit in a core's L2
