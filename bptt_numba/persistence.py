@@ -80,8 +80,11 @@ def load(path):
     RNNRegressor, RNNClassifier or RNNForecaster
         Fitted, predicting exactly as the saved one did.
     """
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {key: archive[key] for key in archive.files}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, EOFError, ValueError) as error:
+        raise ValueError(f"{path} is not a readable bptt-numba model file ({error})") from None
     if "metadata" not in arrays:
         raise ValueError(f"{path} is not a bptt-numba model file (no metadata)")
     metadata = json.loads(str(arrays.pop("metadata")))

@@ -1,0 +1,201 @@
+"""Head-to-head training step and inference latency against PyTorch on the CPU.
+
+Usage::
+
+    bptt-numba bench [--threads N] [--repeat R] [--quick]
+    python benchmarks/compare_torch.py [--threads N] [--repeat R] [--quick]
+
+The same step on both sides: forward, MSE on the last step, backward through
+time, global-norm gradient clipping (1.0), one Adam update; float32; the same
+thread count for both (Numba threads for ours, ``torch.set_num_threads`` for
+torch; BLAS held to one thread on our side, as the package does itself).
+After a warm-up, the median of ``--repeat`` steps is reported per case, with
+the ratio torch/ours (above 1: we are faster), our GFLOP/s counted as
+``6 * G * H * (D + H) * B * T`` per step (G = 4/3/1 for LSTM/GRU/RNN), and the
+machine's float32 GEMM rate at the same thread count as the ceiling.  Torch
+is optional: without it only our side is measured.
+"""
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+
+import numba
+import numpy as np
+
+from ._kernels import optim
+from .network import Network
+from .training import _Adam
+
+GRID = [
+    ("lstm", 32, 32, 100, 8),
+    ("lstm", 64, 64, 28, 28),
+    ("lstm", 128, 32, 100, 32),
+    ("lstm", 512, 16, 25, 512),
+    ("lstm", 512, 64, 100, 128),
+    ("gru", 64, 16, 200, 4),
+    ("gru", 256, 32, 100, 32),
+    ("rnn", 64, 32, 100, 8),
+    ("rnn", 256, 32, 100, 32),
+    ("lstm", 64, 1, 500, 4),
+]
+QUICK_GRID = [row for row in GRID if row[1] * row[2] * row[3] <= 64 * 64 * 100]
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def median_ms(step, repeat, warmup=2):
+    """Median wall time of ``step()`` in milliseconds after ``warmup`` calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def ours(cell, hidden, batch, steps, features, seed=0):
+    """One bptt-numba training step (and a forward-only call) for a case."""
+    rng = np.random.default_rng(seed)
+    net = Network(features, (hidden,), cell=cell, random_state=seed)
+    X = rng.standard_normal((batch, steps, features)).astype(np.float32)
+    y = rng.standard_normal((batch, 1)).astype(np.float32)
+    adam = _Adam(net.params, 0.9, 0.999, 1e-8, 0.0)
+
+    def step():
+        _, grad, _ = net.loss_and_grad_vector(X, y)
+        optim.clip_by_norm(grad, 1.0)
+        adam.update(net.params, grad, 1e-3)
+
+    return step, lambda: net.forward(X)
+
+
+def theirs(torch, cell, hidden, batch, steps, features, seed=0):
+    """The same step in PyTorch (nn.LSTM/GRU/RNN + Linear, Adam)."""
+    torch.manual_seed(seed)
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
+    rnn = module(features, hidden, batch_first=True)
+    head = torch.nn.Linear(hidden, 1)
+    parameters = list(rnn.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(parameters, lr=1e-3)
+    X = torch.randn(batch, steps, features)
+    y = torch.randn(batch, 1)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out, _ = rnn(X)
+        loss = torch.nn.functional.mse_loss(head(out[:, -1]), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        opt.step()
+
+    def forward():
+        with torch.inference_mode():
+            out, _ = rnn(X)
+            head(out[:, -1])
+
+    return step, forward
+
+
+def gemm_gflops(threads, n=2048, repeat=5):
+    """The machine's float32 GEMM rate with ``threads`` BLAS threads."""
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = a.T.copy()
+    with threadpool_limits(threads, user_api="blas"):
+        ms = median_ms(lambda: a @ b, repeat)
+    return 2 * n**3 / ms / 1e6
+
+
+def measure(side, threads, repeat, grid):
+    """Timings of one side, in this process: (step ms per row, latency ms per cell)."""
+    if side == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        # Our kernels flush denormals; without this torch's steps slowed down
+        # 2-17x here as training produced them, which would flatter us.
+        torch.set_flush_denormal(True)
+        build = lambda *case: theirs(torch, *case)  # noqa: E731
+    else:
+        # Only here: starting Numba's thread pool in torch's process slowed
+        # torch's GRU and RNN steps down several times.
+        numba.set_num_threads(threads)
+        build = ours
+    steps = []
+    for cell, hidden, batch, n_steps, features in grid:
+        flops = 6 * GATES[cell] * hidden * (features + hidden) * batch * n_steps
+        steps.append(median_ms(build(cell, hidden, batch, n_steps, features)[0], max(3, min(repeat, int(2e10 / flops)))))
+    latency = {cell: median_ms(build(cell, 64, 1, 100, 8)[1], repeat) for cell in GATES}
+    return {"steps": steps, "latency": latency, "layer": numba.threading_layer() if side == "ours" else None}
+
+
+def run_side(side, args):
+    """`measure` in a fresh process; None if that side cannot run."""
+    command = [sys.executable, "-m", "bptt_numba._bench", "--side", side, "--threads", str(args.threads),
+               "--repeat", str(args.repeat)]
+    if args.quick:
+        command.append("--quick")
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        if side == "torch" and "No module named 'torch'" in result.stderr:
+            return None
+        raise RuntimeError(f"{side} side failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def add_arguments(parser):
+    """The benchmark's command-line options (shared with ``bptt-numba bench``)."""
+    parser.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS, help="threads for both sides")
+    parser.add_argument("--repeat", type=int, default=20, help="timed steps per case (median reported)")
+    parser.add_argument("--quick", action="store_true", help="only the small rows")
+    parser.add_argument("--side", choices=["ours", "torch"], help=argparse.SUPPRESS)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    run(parser.parse_args(argv))
+
+
+def run(args):
+    """Measure both sides (each in its own process) and print the table."""
+    grid = QUICK_GRID if args.quick else GRID
+    if args.side:
+        print(json.dumps(measure(args.side, args.threads, args.repeat, grid)))
+        return
+    from threadpoolctl import threadpool_info
+
+    blas = ", ".join(f"{i['internal_api']} {i['version']} {i.get('architecture', '')}" for i in threadpool_info())
+    mine = run_side("ours", args)
+    other = run_side("torch", args)
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = "absent"
+    print(f"# {platform.machine()}, {args.threads} threads; numba {numba.__version__} ({mine['layer']} layer), "
+          f"numpy {np.__version__}, torch {torch_version}; BLAS: {blas}")
+    print(f"# float32 GEMM ceiling at {args.threads} threads: {gemm_gflops(args.threads):.0f} GFLOP/s")
+    print(f"{'cell':5} {'H':>4} {'B':>4} {'T':>4} {'D':>4} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'GFLOP/s':>8}")
+    for index, (cell, hidden, batch, steps, features) in enumerate(grid):
+        flops = 6 * GATES[cell] * hidden * (features + hidden) * batch * steps
+        ms = mine["steps"][index]
+        theirs_ms = other["steps"][index] if other else float("nan")
+        print(f"{cell:5} {hidden:4d} {batch:4d} {steps:4d} {features:4d} {ms:9.2f} {theirs_ms:9.2f} "
+              f"{theirs_ms / ms:6.2f} {flops / ms / 1e6:8.1f}")
+    print("# inference latency, one sequence (B=1, T=100, H=64, D=8), ms")
+    for cell in GATES:
+        ms = mine["latency"][cell]
+        theirs_ms = other["latency"][cell] if other else float("nan")
+        print(f"{cell:5} ours {ms:7.3f}  torch {theirs_ms:7.3f}  ratio {theirs_ms / ms:5.2f}")
+
+
+if __name__ == "__main__":
+    main()
