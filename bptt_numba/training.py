@@ -15,6 +15,7 @@ that batch parallelism still applies.
 
 import math
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -272,6 +273,7 @@ class Trainer:
                     ConvergenceWarning,
                     stacklevel=2,
                 )
+        self._close_progress()
         self.interrupted_ = interrupted()
         if self.interrupted_:
             warnings.warn(
@@ -469,13 +471,33 @@ class Trainer:
         )
 
     def _report(self):
+        """Progress: a tqdm bar on a terminal, else one line per epoch (logs)."""
         if not self.verbose:
             return
-        line = f"Epoch {self.n_iter_}: loss {self.loss_curve_[-1]:.6g}"
+        values = {"loss": f"{self.loss_curve_[-1]:.6g}"}
         if self.validation_scores_:
-            line += f", validation score {self.validation_scores_[-1]:.6g}"
-        line += f", grad norm {self.grad_norm_curve_[-1]:.3g}, {self.epoch_times_[-1]:.2f} s"
-        print(line, flush=True)
+            values["validation score"] = f"{self.validation_scores_[-1]:.6g}"
+        values["grad norm"] = f"{self.grad_norm_curve_[-1]:.3g}"
+        bar = self._progress_bar()
+        if bar is not None:
+            bar.set_postfix(values, refresh=False)
+            bar.update(1)
+            return
+        line = ", ".join(f"{key} {value}" for key, value in values.items())
+        print(f"Epoch {self.n_iter_}: {line}, {self.epoch_times_[-1]:.2f} s", flush=True)
+
+    def _progress_bar(self):
+        """The epoch bar, created on first use when stderr is a terminal."""
+        if getattr(self, "_bar", None) is None and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.max_iter, unit="epoch", desc="training", leave=True)
+        return getattr(self, "_bar", None)
+
+    def _close_progress(self):
+        if getattr(self, "_bar", None) is not None:
+            self._bar.close()
+            self._bar = None
 
     def _reset_history(self):
         self.loss_curve_, self.validation_scores_ = [], []

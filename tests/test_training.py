@@ -359,3 +359,15 @@ def test_noisy_sine_forecast_with_tbptt_on_one_long_series_beats_persistence():
     mse = np.mean((Y[0, :, 0] - test_part[1:]) ** 2)
     persistence = np.mean((test_part[:-1] - test_part[1:]) ** 2)
     assert mse < persistence / 3
+
+
+def test_verbose_progress_lines_or_bar(capsys, monkeypatch):
+    net, X, y, lengths = _toy(n_samples=16)
+    _quiet_train(net, X, y, lengths=lengths, max_iter=2, verbose=True, random_state=0)
+    out = capsys.readouterr().out
+    assert "Epoch 1: loss" in out and "Epoch 2: loss" in out and "grad norm" in out
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    trainer = _quiet_train(net, X, y, lengths=lengths, max_iter=2, verbose=True, random_state=0)
+    err = capsys.readouterr().err
+    assert "training" in err and "2/2" in err and "loss" in err
+    assert trainer._bar is None  # closed, and the trainer still pickles
