@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from bptt_numba._bench import median_ms
+
 FIRST_CALL = """
 import time, numpy as np
 t0 = time.perf_counter()
@@ -37,16 +39,6 @@ def first_call_seconds(args, cache_dir):
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     return float(out.stdout.strip())
-
-
-def median_ms(func, repeat):
-    """Median wall time of ``func()`` in milliseconds."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def main():
