@@ -395,3 +395,22 @@ def check_step_targets(y, lengths, n_steps, dtype=None):
             f"{n_steps}, ...) or be a list matching X's sequences; got shape {y.shape}"
         )
     return y if dtype is None else _numeric("y", y, dtype)
+
+
+def check_series(series, dtype):
+    """One series as a finite (n_timesteps, n_features) array of ``dtype``."""
+    if issparse(series):
+        raise TypeError("Sparse data was passed for the series, but dense data is required.")
+    array = _numeric("series", series, dtype)
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise ValueError(f"a series must be 1-D or 2-D (n_timesteps, n_features); got shape {array.shape}")
+    if array.shape[1] == 0:
+        raise ValueError(f"Found array with 0 feature(s) (shape={array.shape}) while a minimum of 1 is required.")
+    if array.shape[0] < 3:
+        raise ValueError(
+            f"a series needs at least 3 time steps (the samples of a forecaster); got n_samples = {array.shape[0]}"
+        )
+    check_finite("series", array)
+    return np.ascontiguousarray(array)

@@ -661,7 +661,7 @@ class RNNForecaster(RegressorMixin, _RNNBase):
         ``y`` is ignored: the targets are each series one step ahead.
         """
         dtype = val.check_dtype(self.dtype)
-        series_list = [_as_series(s, dtype) for s in (X if isinstance(X, (list, tuple)) else [X])]
+        series_list = [val.check_series(s, dtype) for s in (X if isinstance(X, (list, tuple)) else [X])]
         n_features = {s.shape[1] for s in series_list}
         if len(n_features) != 1:
             raise ValueError(f"all series must have the same number of features; got {sorted(n_features)}")
@@ -701,7 +701,7 @@ class RNNForecaster(RegressorMixin, _RNNBase):
             if history is None:
                 state, last = self.state_, self.last_
             else:
-                history = _as_series(history, val.check_dtype(self.dtype))
+                history = val.check_series(history, val.check_dtype(self.dtype))
                 if history.shape[1] != self.n_features_in_:
                     raise ValueError(
                         f"history has {history.shape[1]} features per step but the model expects {self.n_features_in_}"
@@ -717,7 +717,7 @@ class RNNForecaster(RegressorMixin, _RNNBase):
     def score(self, X, y=None):
         """R^2 of one-step-ahead predictions along a series (teacher forcing)."""
         check_is_fitted(self)
-        series = _as_series(X, val.check_dtype(self.dtype))
+        series = val.check_series(X, val.check_dtype(self.dtype))
         Y, _ = self.network_.forward(series[None, :-1], output="sequence")
         return r2_score(series[1:], Y[0])
 
@@ -728,25 +728,6 @@ class RNNForecaster(RegressorMixin, _RNNBase):
 
     _targets = RNNRegressor._targets
     _network_score = RNNRegressor._network_score
-
-
-def _as_series(series, dtype):
-    """One series as a finite (n_timesteps, n_features) array of ``dtype``."""
-    if val.issparse(series):
-        raise TypeError("Sparse data was passed for the series, but dense data is required.")
-    array = val._numeric("series", series, dtype)
-    if array.ndim == 1:
-        array = array[:, None]
-    if array.ndim != 2:
-        raise ValueError(f"a series must be 1-D or 2-D (n_timesteps, n_features); got shape {array.shape}")
-    if array.shape[1] == 0:
-        raise ValueError(f"Found array with 0 feature(s) (shape={array.shape}) while a minimum of 1 is required.")
-    if array.shape[0] < 3:
-        raise ValueError(
-            f"a series needs at least 3 time steps (the samples of a forecaster); got n_samples = {array.shape[0]}"
-        )
-    val.check_finite("series", array)
-    return np.ascontiguousarray(array)
 
 
 def _softmax(logits):
