@@ -18,12 +18,10 @@ anything from this module.
 """
 
 import copy
-import warnings
 
 import numpy as np
 
 from . import _validation as val
-from ._compat import ConvergenceWarning
 from .network import Network
 
 AVERAGING = ("gradient", "model")
@@ -56,15 +54,10 @@ def fit(estimator, X, y, *, client, sample_weight=None, averaging="gradient", sy
         raise ValueError("distributed training takes truncate=k (a cut gradient), not TBPTT windows (k1, k2)")
     X = X.compute() if hasattr(X, "compute") else X  # dask arrays; lists of sequences stay lists
     y = y.compute() if hasattr(y, "compute") else y
-    # Fit the estimator on one sample to build and validate the model locally
-    # (labels, dtype, network); the real training happens below.
+    # Validate and encode locally, as the estimator's own fit does.
     local = copy.deepcopy(estimator)
-    local.set_params(max_iter=1, early_stopping=False, warm_start=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        local._fit(X, y, sample_weight, incremental=False)
-    X_arr, lengths, _ = local._sequences(X, reset=False)
-    targets, _ = local._targets(y, lengths, X_arr.shape[1], reset=False, classes=None)
+    X_arr, lengths, _ = local._sequences(X, reset=True)
+    targets, local.n_outputs_ = local._targets(y, lengths, X_arr.shape[1], reset=True, classes=None)
     weights = local._sample_weight(sample_weight, targets, lengths)
     if weights is None:
         weights = np.ones(len(lengths), dtype=X_arr.dtype)
