@@ -66,14 +66,24 @@ def test_grid_search_on_the_dask_joblib_backend(client):
 
 def test_numba_in_threaded_dask_workers():
     """Kernels launched from several worker threads at once must not abort."""
+    import joblib
+    from sklearn.model_selection import RandomizedSearchCV
+
     X, y = _data(48)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=4, processes=False, dashboard_address=None) as cluster:
         with distributed.Client(cluster) as client:
             model = RNNRegressor(**OPTIONS).fit(X, y)
             futures = [client.submit(model.predict, X, pure=False) for _ in range(16)]
             results = client.gather(futures)
+            search = RandomizedSearchCV(RNNRegressor(**OPTIONS), {"learning_rate_init": [1e-3, 1e-2, 3e-2]},
+                                        n_iter=3, cv=2, n_jobs=-1, random_state=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with joblib.parallel_backend("dask"):
+                    search.fit(X, y)
     expected = model.predict(X)
     assert all(np.array_equal(r, expected) for r in results)
+    assert len(search.cv_results_["mean_test_score"]) == 3
 
 
 def test_partial_fit_under_dask_ml_incremental(client):
