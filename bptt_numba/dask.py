@@ -33,9 +33,10 @@ def fit(estimator, X, y, *, client, sample_weight=None, averaging="gradient", sy
     Parameters
     ----------
     estimator : RNNRegressor or RNNClassifier
-        Its parameters set the model and the training (``output="last"``
-        or ``"sequence"``; full BPTT per batch, or ``truncate=k`` as a cut
-        gradient; TBPTT windows with carried state are not distributed).
+        Its parameters set the model and the training, TBPTT windows
+        (``truncate``) included: each worker carries the state of its own
+        sequences across the windows.  Dropout masks are drawn on the
+        workers, so with ``dropout`` the result is not the single-process one.
     X : array-like or dask array of shape (n_samples, n_timesteps[, n_features])
     y : array-like or dask array
     client : distributed.Client
@@ -50,8 +51,6 @@ def fit(estimator, X, y, *, client, sample_weight=None, averaging="gradient", sy
         Fitted; the same object.
     """
     val.check_choice("averaging", averaging, AVERAGING)
-    if isinstance(estimator.truncate, (tuple, list)):
-        raise ValueError("distributed training takes truncate=k (a cut gradient), not TBPTT windows (k1, k2)")
     X = X.compute() if hasattr(X, "compute") else X  # dask arrays; lists of sequences stay lists
     y = y.compute() if hasattr(y, "compute") else y
     # Validate and encode locally, as the estimator's own fit does.
@@ -105,51 +104,73 @@ def _scatter(client, X, y, lengths, weights):
     return shards
 
 
-def _share(network, X, y, lengths, weights, local_rows, loss, output, truncate):
-    """On a worker: loss and gradient sums of some of its rows, and their normaliser."""
-    X, y, lengths, weights = X[local_rows], y[local_rows], lengths[local_rows], weights[local_rows]
-    steps = int(lengths.max())
-    X = X[:, :steps]
-    if output == "sequence":
-        y = y[:, :steps]
-    per_sample = weights if output == "last" else weights * lengths
-    normaliser = float(per_sample.astype(np.float64).sum())
-    if normaliser == 0:
-        return 0.0, np.zeros_like(network.params), 0.0
-    value, grad, _ = network.loss_and_grad_vector(
-        X, y, lengths, loss=loss, output=output, truncate=truncate, sample_weight=weights
-    )
-    return value * normaliser, grad * grad.dtype.type(normaliser), normaliser
+#: The TBPTT windows of the batch shares a worker is training, by fit and worker.
+_WINDOWS = {}
+
+
+def _window_share(network, X, y, lengths, weights, local_rows, key, index, n_steps, trainer):
+    """On a worker: window ``index`` of its share of a global batch.
+
+    Returns the loss and gradient sums and their normaliser (zeros when the
+    share scores nothing in this window), and the share's active samples.
+    The window's state stays on the worker for the next window.
+    """
+    from distributed import get_worker
+
+    from .training import _Data, _Windows
+
+    slot = (key, get_worker().address)
+    if index == 0:
+        share = _Data(X, y, lengths, weights, trainer.output == "sequence").take(local_rows)
+        _WINDOWS[slot] = _Windows(trainer, share, n_steps)
+    windows = _WINDOWS[slot]
+    result = windows.gradient(network, index)
+    if index == len(windows.bounds) - 1:
+        del _WINDOWS[slot]
+    loss, grad, n_active, normaliser = result
+    if grad is None:
+        return 0.0, None, 0.0, n_active
+    return loss * normaliser, grad * grad.dtype.type(normaliser), normaliser, n_active
 
 
 def _gradient_averaging(client, trainer, shards, lengths, estimator):
-    """One update per global batch from the workers' gradient shares."""
+    """One update per TBPTT window of each global batch, from the workers' shares."""
     owner = np.empty(len(lengths), dtype=np.int64)
     local_index = np.empty(len(lengths), dtype=np.int64)
     for number, shard in enumerate(shards):
         owner[shard.rows] = number
         local_index[shard.rows] = np.arange(len(shard.rows))
+    light = copy.copy(trainer)  # what the workers need: options, not the optimizer's state
+    light._optimizer = None
     for _ in range(trainer.max_iter):
         losses, norms, sizes = [], [], []
         for number, rows in enumerate(trainer._batches(lengths)):
-            futures = []
-            for index, shard in enumerate(shards):
-                mine = local_index[rows[owner[rows] == index]]
-                if mine.size:
-                    futures.append(client.submit(
-                        _share, trainer.network, *shard.futures, mine, trainer.loss, trainer.output,
-                        estimator.truncate, workers=[shard.worker], allow_other_workers=False, pure=False,
-                    ))
-            parts = _gather(client, futures, trainer.n_iter_ + 1, number + 1)
-            normaliser = sum(p[2] for p in parts)
-            grad = sum(p[1] for p in parts)
-            grad /= grad.dtype.type(normaliser)
-            step = trainer._step(sum(p[0] for p in parts) / normaliser, grad, len(rows), trainer.n_iter_ + 1,
-                                 number + 1)
-            if step is not None:
-                losses.append(step[0])
-                norms.append(step[1])
-                sizes.append(len(rows))
+            n_steps = int(lengths[rows].max())
+            key = (id(trainer), trainer.n_iter_, number)
+            holders = [(shard, local_index[rows[owner[rows] == i]]) for i, shard in enumerate(shards)]
+            holders = [(shard, mine) for shard, mine in holders if mine.size]
+            for index in range(len(trainer._window_bounds(n_steps))):
+                futures = [
+                    client.submit(
+                        _window_share, trainer.network, *shard.futures, mine, key, index, n_steps,
+                        light if index == 0 else None, workers=[shard.worker], allow_other_workers=False, pure=False,
+                    )
+                    for shard, mine in holders
+                ]
+                parts = _gather(client, futures, trainer.n_iter_ + 1, number + 1)
+                n_active = sum(p[3] for p in parts)
+                parts = [p for p in parts if p[1] is not None]
+                normaliser = sum(p[2] for p in parts)
+                if normaliser == 0:
+                    continue
+                grad = sum(p[1] for p in parts)
+                grad /= grad.dtype.type(normaliser)
+                step = trainer._step(sum(p[0] for p in parts) / normaliser, grad, n_active, trainer.n_iter_ + 1,
+                                     number + 1)
+                if step is not None:
+                    losses.append(step[0])
+                    norms.append(step[1])
+                    sizes.append(len(rows))
         _end_epoch(trainer, losses, norms, sizes, len(lengths))
         if trainer._end_of_epoch(None):
             break

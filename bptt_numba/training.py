@@ -340,49 +340,14 @@ class Trainer:
 
     def _train_batch(self, batch, epoch, number):
         """Updates for one batch, one per TBPTT window; yields (loss, grad norm)."""
-        net = self.network
-        bounds = self._window_bounds(batch.n_steps)
-        state = None  # zeros: every batch starts its sequences afresh
-        for index, (start, stop, loss_from) in enumerate(bounds):
-            active = np.nonzero(batch.lengths > start)[0]
-            if active.size == 0:
-                break
-            window = batch.window(active, start, stop)
-            window_state = _take_state(state, active)
-            if self.output == "last":
-                # Only sequences ending inside the loss region are scored.
-                ends = batch.lengths[active] - 1
-                window.weights[(ends < loss_from) | (ends >= stop)] = 0
-            next_start = bounds[index + 1][0] if index + 1 < len(bounds) else stop
-            if next_start < stop:
-                # TBPTT(k1, k2 > k1): the next window re-unrolls part of this
-                # one; its start state is computed before this update.
-                carried = window_state
-                if next_start > start:
-                    head = np.minimum(window.lengths, next_start - start)
-                    carried = net.forward(window.X[:, : next_start - start], head, window_state, "sequence")[1]
-            if window.weights.sum() > 0:
-                loss, grad, final = net.loss_and_grad_vector(
-                    window.X,
-                    window.y,
-                    window.lengths,
-                    loss=self.loss,
-                    output=self.output,
-                    state=window_state,
-                    sample_weight=window.weights,
-                    loss_start=loss_from - start,
-                    dropout=self.dropout,
-                    random_state=self.rng,
-                )
-                step = self._step(loss, grad, len(active), epoch, number)
-                if step is not None:
-                    yield step
-            elif next_start >= stop:
-                final = net.forward(window.X, window.lengths, window_state, output="sequence")[1]
-            if next_start >= stop:
-                carried = final
-            if carried is not None:  # None: still the zero initial state
-                state = _put_state(state, active, carried, batch.n_samples)
+        windows = _Windows(self, batch, batch.n_steps)
+        for index in range(len(windows.bounds)):
+            loss, grad, n_active, _ = windows.gradient(self.network, index)
+            if grad is None:
+                continue
+            step = self._step(loss, grad, n_active, epoch, number)
+            if step is not None:
+                yield step
 
     def _window_bounds(self, n_steps):
         """``(start, stop, loss_from)`` of each TBPTT window of ``n_steps`` steps.
@@ -578,6 +543,74 @@ class Trainer:
             warnings.warn(
                 f"lbfgs failed to converge (status=1): {result.message}", ConvergenceWarning, stacklevel=3
             )
+
+
+class _Windows:
+    """TBPTT(k1, k2) over one batch: its windows, and the state carried across them.
+
+    `gradient` gives each window's loss and gradient with the weights of the
+    moment (the caller updates between windows) and carries the state on, as
+    a stateful TBPTT does; the state at the start of an overlapping window is
+    computed before that update.  A worker of a distributed fit holds one of
+    these for its share of a global batch (``bptt_numba.dask``).
+    """
+
+    def __init__(self, trainer, batch, n_steps):
+        self.trainer, self.batch = trainer, batch
+        self.bounds = trainer._window_bounds(n_steps)
+        self.state = None  # zeros: every batch starts its sequences afresh
+
+    def gradient(self, network, index):
+        """``(loss, grad, n_active, normaliser)`` of window ``index``.
+
+        ``grad`` is None when the window scores nothing here; ``n_active``
+        (the sequences still running, which scale the L2 penalty) is counted
+        all the same.
+        """
+        trainer, batch = self.trainer, self.batch
+        start, stop, loss_from = self.bounds[index]
+        active = np.nonzero(batch.lengths > start)[0]
+        if active.size == 0:
+            return 0.0, None, 0, 0.0
+        window = batch.window(active, start, stop)
+        window_state = _take_state(self.state, active)
+        if trainer.output == "last":
+            # Only sequences ending inside the loss region are scored.
+            ends = batch.lengths[active] - 1
+            window.weights[(ends < loss_from) | (ends >= stop)] = 0
+        next_start = self.bounds[index + 1][0] if index + 1 < len(self.bounds) else stop
+        carried = None
+        if next_start < stop:
+            # TBPTT(k1, k2 > k1): the next window re-unrolls part of this one.
+            carried = window_state
+            if next_start > start:
+                head = np.minimum(window.lengths, next_start - start)
+                carried = network.forward(window.X[:, : next_start - start], head, window_state, "sequence")[1]
+        result = (0.0, None, len(active), 0.0)
+        if window.weights.sum() > 0:
+            loss, grad, final = network.loss_and_grad_vector(
+                window.X,
+                window.y,
+                window.lengths,
+                loss=trainer.loss,
+                output=trainer.output,
+                state=window_state,
+                sample_weight=window.weights,
+                loss_start=loss_from - start,
+                dropout=trainer.dropout,
+                random_state=trainer.rng,
+            )
+            scored = window.weights if trainer.output == "last" else (
+                window.weights * np.maximum(window.lengths - (loss_from - start), 0)
+            )
+            result = (loss, grad, len(active), float(scored.astype(np.float64).sum()))
+        elif next_start >= stop:
+            final = network.forward(window.X, window.lengths, window_state, output="sequence")[1]
+        if next_start >= stop:
+            carried = final
+        if carried is not None:  # None: still the zero initial state
+            self.state = _put_state(self.state, active, carried, batch.n_samples)
+        return result
 
 
 def train(network, X, y, lengths=None, sample_weight=None, validation_data=None, **options):

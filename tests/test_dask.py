@@ -41,6 +41,22 @@ def test_gradient_averaging_equals_single_process_training(client):
         np.testing.assert_allclose(spread.predict(data), single.predict(data), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("output", ["last", "sequence"])
+def test_tbptt_windows_on_the_workers_equal_single_process(client, output):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 11, 2))
+    lengths = rng.integers(3, 12, size=40)
+    data = [x[:n] for x, n in zip(X, lengths)]
+    y = [np.cumsum(x[:, 0]) for x in data] if output == "sequence" else np.array([x.sum() for x in data])
+    options = {**OPTIONS, "truncate": (3, 5), "output": output}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        single = RNNRegressor(**options).fit(data, y)
+        spread = bptt_dask.fit(RNNRegressor(**options), data, y, client=client)
+    np.testing.assert_allclose(spread.network_.params, single.network_.params, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(spread.loss_curve_, single.loss_curve_, rtol=1e-9)
+
+
 def test_model_averaging_learns(client):
     X, y = _data(128)
     with warnings.catch_warnings():
