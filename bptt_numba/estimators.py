@@ -154,7 +154,7 @@ class _RNNBase(BaseEstimator):
             return min(200, n_samples)
         size = val.check_positive_int("batch_size", self.batch_size)
         if size > n_samples:
-            warnings.warn(f"Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
         return min(size, n_samples)
 
     # -------------------------------------------------------------------- fit

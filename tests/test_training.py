@@ -14,7 +14,7 @@ import naive
 from bptt_numba import Network, datasets
 from bptt_numba._compat import ConvergenceWarning
 from bptt_numba.training import Trainer, make_streams, train
-from problems import make_problem, relative_error
+from problems import relative_error
 
 
 def _quiet_train(net, X, y, **options):

@@ -2,7 +2,6 @@
 
 import warnings
 
-import numpy as np
 
 from bptt_numba import RNNClassifier, RNNRegressor, datasets
 
