@@ -9,9 +9,9 @@ from contextlib import contextmanager
 
 import numba
 
-#: LLVM fast-math flags the kernels may use.  Deliberately *not*
-#: ``fastmath=True``: that adds ``nnan``/``ninf``, which lets LLVM delete the
-#: very NaN/inf checks that catch exploding gradients.
+#: LLVM fast-math flags the kernels may use: an explicit set, deliberately
+#: without the blanket setting, whose ``nnan``/``ninf`` flags let LLVM delete
+#: the very NaN/inf checks that catch exploding gradients.
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 #: IEEE semantics for division by zero (inf/NaN, caught by the training
