@@ -9,8 +9,11 @@ The same step on both sides: forward, MSE on the last step, backward through
 time, global-norm gradient clipping (1.0), one Adam update; float32; the same
 thread count for both (Numba threads for ours, ``torch.set_num_threads`` for
 torch; BLAS held to one thread on our side, as the package does itself).
-After a warm-up, the median of ``--repeat`` steps is reported per case, with
-the ratio torch/ours (above 1: we are faster), our GFLOP/s counted as
+After a warm-up, each process times the median of ``--repeat`` steps per
+case; the sides run in ``--rounds`` alternating pairs of fresh processes, and
+the table reports each case's best median over the rounds (this machine's
+neighbours slow whole processes down by up to 2x at random), with the ratio
+torch/ours (above 1: we are faster), our GFLOP/s counted as
 ``6 * G * H * (D + H) * B * T`` per step (G = 4/3/1 for LSTM/GRU/RNN), and the
 machine's float32 GEMM rate at the same thread count as the ceiling.  Torch
 is optional: without it only our side is measured.
@@ -149,10 +152,37 @@ def run_side(side, args):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _best_of_rounds(args):
+    """Both sides in ``args.rounds`` alternating processes.
+
+    Returns
+    -------
+    mine, other : dict
+        As from `measure`, with each case's best median over the rounds
+        (``other`` is None without torch).
+    """
+    runs = {"ours": [], "torch": []}
+    for _ in range(args.rounds):
+        for side, results in runs.items():
+            if results != [None]:  # [None]: torch is not installed
+                results.append(run_side(side, args))
+    return _best(runs["ours"]), _best(runs["torch"])
+
+
+def _best(results):
+    """Each case's fastest median over several `measure` results (None if absent)."""
+    if results == [None]:
+        return None
+    steps = np.min([r["steps"] for r in results], axis=0).tolist()
+    latency = {cell: min(r["latency"][cell] for r in results) for cell in results[0]["latency"]}
+    return {"steps": steps, "latency": latency, "layer": results[0]["layer"]}
+
+
 def add_arguments(parser):
     """The benchmark's command-line options (shared with ``bptt-numba bench``)."""
     parser.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS, help="threads for both sides")
     parser.add_argument("--repeat", type=int, default=20, help="timed steps per case (median reported)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating processes per side (best median kept)")
     parser.add_argument("--quick", action="store_true", help="only the small rows")
     parser.add_argument("--side", choices=["ours", "torch"], help=argparse.SUPPRESS)
 
@@ -172,15 +202,14 @@ def run(args):
     from threadpoolctl import threadpool_info
 
     blas = ", ".join(f"{i['internal_api']} {i['version']} {i.get('architecture', '')}" for i in threadpool_info())
-    mine = run_side("ours", args)
-    other = run_side("torch", args)
+    mine, other = _best_of_rounds(args)
     try:
         import torch
 
         torch_version = torch.__version__
     except ImportError:
         torch_version = "absent"
-    print(f"# {platform.machine()}, {args.threads} threads; numba {numba.__version__} ({mine['layer']} layer), "
+    print(f"# {platform.machine()}, {args.threads} threads, best of {args.rounds} rounds; numba {numba.__version__} ({mine['layer']} layer), "
           f"numpy {np.__version__}, torch {torch_version}; BLAS: {blas}")
     print(f"# float32 GEMM ceiling at {args.threads} threads: {gemm_gflops(args.threads):.0f} GFLOP/s")
     print(f"{'cell':5} {'H':>4} {'B':>4} {'T':>4} {'D':>4} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'GFLOP/s':>8}")

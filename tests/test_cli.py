@@ -96,7 +96,7 @@ def test_info_names_threads_blas_and_cache():
 
 
 def test_bench_runs_our_side_quickly():
-    result = run("bench", "--quick", "--repeat", "1", timeout=600)
+    result = run("bench", "--quick", "--repeat", "1", "--rounds", "1", timeout=600)
     assert result.returncode == 0, result.stderr
     assert "inference latency" in result.stdout and "lstm" in result.stdout
 

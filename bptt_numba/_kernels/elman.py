@@ -6,6 +6,7 @@ structure as the LSTM kernels (see ``lstm``).
 
 import numpy as np
 from numba import prange
+from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
@@ -20,6 +21,29 @@ N_STATE = 1
 def aux_shape(n_chunks, n_steps, chunk, hidden):
     """The Elman cell needs no buffer beside its states."""
     return (0, 0, 0, 0)
+
+
+@register_jitable(inline="always")
+def _cell_forward(a, r, b_hh, h_new, use_relu):
+    """One sample's step: the new state from the input projection ``a``."""
+    for j in range(h_new.shape[0]):
+        pre = a[j] + r[j] + b_hh[j]
+        h_new[j] = relu(pre) if use_relu else tanh(pre)
+
+
+@register_jitable(inline="always")
+def _cell_backward(da, h_new, dh, dh_out, use_relu):
+    """One sample's step back: ``da`` receives the pre-activation gradient.
+
+    Returns the squared norm of d loss / d h_t.
+    """
+    squared = dh.dtype.type(0)
+    for j in range(h_new.shape[0]):
+        slope = drelu(h_new[j]) if use_relu else dtanh(h_new[j])
+        dht = dh[j] + dh_out[j]
+        da[j] = dht * slope
+        squared += dht * dht
+    return squared
 
 
 @kernel(parallel=True)
@@ -52,9 +76,7 @@ def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reve
                 if t >= lengths[k * chunk + i]:
                     h[k, new, i] = h[k, prev, i]
                     continue
-                for j in range(hidden):
-                    pre = gates[k, t, i, j] + rec[i, j] + b_hh[j]
-                    h[k, new, i, j] = relu(pre) if use_relu else tanh(pre)
+                _cell_forward(gates[k, t, i], rec[i], b_hh, h[k, new, i], use_relu)
         restore_fpu(fpu)
 
 
@@ -98,13 +120,9 @@ def elman_backward(
                 if t >= length:
                     da[:] = 0
                     continue
-                for j in range(hidden):
-                    hj = h[k, new, i, j]
-                    slope = drelu(hj) if use_relu else dtanh(hj)
-                    dht = dh[i, j] + dh_out[k, t, i, j]
-                    da[j] = dht * slope
-                    if record:
-                        dh_sq[k, t, i] += dht * dht
+                squared = _cell_backward(da, h[k, new, i], dh[i], dh_out[k, t, i], use_relu)
+                if record:
+                    dh_sq[k, t, i] = squared
         h_prev = h[k, 1:] if reverse else h[k, :-1]
         chunk_gradients(x[k], h_prev, gates[k], gates[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
         restore_fpu(fpu)

@@ -13,6 +13,7 @@ Same structure as the LSTM kernels (see ``lstm``).
 
 import numpy as np
 from numba import prange
+from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
@@ -27,6 +28,67 @@ N_STATE = 1
 def aux_shape(n_chunks, n_steps, chunk, hidden):
     """Shape of the recurrent-side buffer ``rec``."""
     return (n_chunks, n_steps, chunk, 3 * hidden)
+
+
+@register_jitable(inline="always")
+def _blocks(a):
+    """Views of the r, z, n blocks of a gate row (see ``_recurrence``)."""
+    n = a.shape[0] // N_GATES
+    return a[:n], a[n : 2 * n], a[2 * n :]
+
+
+@register_jitable(inline="always")
+def _cell_forward(a, r, b_hh, h_prev, h_new, rec_n):
+    """One sample's step: gates from pre-activations, and the new state.
+
+    ``a`` holds the input projection and receives the gates; ``rec_n``
+    receives ``W_hn h + b_hn`` for the backward pass.
+    """
+    ar, az, an = _blocks(a)
+    rr, rz, rn = _blocks(r)
+    br, bz, bn = _blocks(b_hh)
+    for j in range(h_prev.shape[0]):
+        rg = sigmoid(ar[j] + rr[j] + br[j])
+        zg = sigmoid(az[j] + rz[j] + bz[j])
+        hn = rn[j] + bn[j]
+        ng = tanh(an[j] + rg * hn)
+        h_new[j] = one_minus(zg) * ng + zg * h_prev[j]
+        rec_n[j] = hn
+        ar[j] = rg
+        az[j] = zg
+        an[j] = ng
+
+
+@register_jitable(inline="always")
+def _cell_backward(da, dr, h_prev, dh, dh_out, dh_direct):
+    """One sample's step back: pre-activation gradients from the gates.
+
+    ``da`` holds the gates and receives the input-side gradients; ``dr``
+    holds ``W_hn h + b_hn`` in its last block and receives the
+    recurrent-side ones; ``dh_direct`` receives the gradient reaching the
+    previous state other than through ``W_hh``.  Returns the squared norm of
+    d loss / d h_t.
+    """
+    d_r, d_z, d_n = _blocks(da)
+    dr_r, dr_z, dr_n = _blocks(dr)
+    squared = dh.dtype.type(0)
+    for j in range(h_prev.shape[0]):
+        rg = d_r[j]
+        zg = d_z[j]
+        ng = d_n[j]
+        dht = dh[j] + dh_out[j]
+        dn_pre = dht * one_minus(zg) * dtanh(ng)
+        dr_pre = dn_pre * dr_n[j] * dsigmoid(rg)
+        dz_pre = dht * (h_prev[j] - ng) * dsigmoid(zg)
+        dh_direct[j] = dht * zg
+        d_r[j] = dr_pre
+        d_z[j] = dz_pre
+        d_n[j] = dn_pre
+        dr_r[j] = dr_pre
+        dr_z[j] = dz_pre
+        dr_n[j] = dn_pre * rg
+        squared += dht * dht
+    return squared
 
 
 @kernel(parallel=True)
@@ -57,18 +119,7 @@ def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, 
                 if t >= lengths[k * chunk + i]:
                     h[k, new, i] = h[k, prev, i]
                     continue
-                a = gates[k, t, i]
-                r = step_rec[i]
-                for j in range(hidden):
-                    rg = sigmoid(a[j] + r[j] + b_hh[j])
-                    zg = sigmoid(a[hidden + j] + r[hidden + j] + b_hh[hidden + j])
-                    hn = r[2 * hidden + j] + b_hh[2 * hidden + j]
-                    ng = tanh(a[2 * hidden + j] + rg * hn)
-                    h[k, new, i, j] = one_minus(zg) * ng + zg * h[k, prev, i, j]
-                    rec[k, t, i, 2 * hidden + j] = hn
-                    a[j] = rg
-                    a[hidden + j] = zg
-                    a[2 * hidden + j] = ng
+                _cell_forward(gates[k, t, i], step_rec[i], b_hh, h[k, prev, i], h[k, new, i], _blocks(rec[k, t, i])[2])
         restore_fpu(fpu)
 
 
@@ -119,23 +170,9 @@ def gru_backward(
                     da[:] = 0
                     dr[:] = 0
                     continue
-                for j in range(hidden):
-                    rg = da[j]
-                    zg = da[hidden + j]
-                    ng = da[2 * hidden + j]
-                    dht = dh[i, j] + dh_out[k, t, i, j]
-                    dn_pre = dht * one_minus(zg) * dtanh(ng)
-                    dr_pre = dn_pre * dr[2 * hidden + j] * dsigmoid(rg)
-                    dz_pre = dht * (h[k, prev, i, j] - ng) * dsigmoid(zg)
-                    dh_direct[i, j] = dht * zg
-                    da[j] = dr_pre
-                    da[hidden + j] = dz_pre
-                    da[2 * hidden + j] = dn_pre
-                    dr[j] = dr_pre
-                    dr[hidden + j] = dz_pre
-                    dr[2 * hidden + j] = dn_pre * rg
-                    if record:
-                        dh_sq[k, t, i] += dht * dht
+                squared = _cell_backward(da, dr, h[k, prev, i], dh[i], dh_out[k, t, i], dh_direct[i])
+                if record:
+                    dh_sq[k, t, i] = squared
         h_prev = h[k, 1:] if reverse else h[k, :-1]
         chunk_gradients(x[k], h_prev, gates[k], rec[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
         restore_fpu(fpu)

@@ -17,6 +17,7 @@ weight gradients as GEMMs over all its steps.
 
 import numpy as np
 from numba import prange
+from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
@@ -31,6 +32,63 @@ N_STATE = 2
 def aux_shape(n_chunks, n_steps, chunk, hidden):
     """Shape of the cell-state buffer ``c``."""
     return (n_chunks, n_steps + 1, chunk, hidden)
+
+
+@register_jitable(inline="always")
+def _blocks(a):
+    """Views of the i, f, g, o blocks of a gate row (see ``_recurrence``)."""
+    n = a.shape[0] // N_GATES
+    return a[:n], a[n : 2 * n], a[2 * n : 3 * n], a[3 * n :]
+
+
+@register_jitable(inline="always")
+def _cell_forward(a, r, b_hh, c_prev, c_new, h_new):
+    """One sample's step: gates from pre-activations, new cell and hidden state.
+
+    ``a`` holds the input projection and receives the activated gates.
+    """
+    ai, af, ag, ao = _blocks(a)
+    ri, rf, rg, ro = _blocks(r)
+    bi, bf, bg, bo = _blocks(b_hh)
+    for j in range(c_prev.shape[0]):
+        ig = sigmoid(ai[j] + ri[j] + bi[j])
+        fg = sigmoid(af[j] + rf[j] + bf[j])
+        gg = tanh(ag[j] + rg[j] + bg[j])
+        og = sigmoid(ao[j] + ro[j] + bo[j])
+        cj = fg * c_prev[j] + ig * gg
+        c_new[j] = cj
+        h_new[j] = og * tanh(cj)
+        ai[j] = ig
+        af[j] = fg
+        ag[j] = gg
+        ao[j] = og
+
+
+@register_jitable(inline="always")
+def _cell_backward(da, c_prev, c_new, dh, dc, dh_out):
+    """One sample's step back: gate pre-activation gradients from the gates.
+
+    ``da`` holds the gates and receives the gradients; ``dh`` (from the
+    later step) and ``dc`` are updated in place.  Returns the squared norm
+    of d loss / d h_t.
+    """
+    di, df, dg, do = _blocks(da)
+    squared = dh.dtype.type(0)
+    for j in range(c_prev.shape[0]):
+        ig = di[j]
+        fg = df[j]
+        gg = dg[j]
+        og = do[j]
+        tc = tanh(c_new[j])
+        dht = dh[j] + dh_out[j]
+        dct = dc[j] + dht * og * dtanh(tc)
+        dc[j] = dct * fg
+        di[j] = dct * gg * dsigmoid(ig)
+        df[j] = dct * c_prev[j] * dsigmoid(fg)
+        dg[j] = dct * ig * dtanh(gg)
+        do[j] = dht * tc * dsigmoid(og)
+        squared += dht * dht
+    return squared
 
 
 @kernel(parallel=True)
@@ -71,20 +129,7 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
                     h[k, new, i] = h[k, prev, i]
                     c[k, new, i] = c[k, prev, i]
                     continue
-                a = gates[k, t, i]
-                r = rec[i]
-                for j in range(hidden):
-                    ig = sigmoid(a[j] + r[j] + b_hh[j])
-                    fg = sigmoid(a[hidden + j] + r[hidden + j] + b_hh[hidden + j])
-                    gg = tanh(a[2 * hidden + j] + r[2 * hidden + j] + b_hh[2 * hidden + j])
-                    og = sigmoid(a[3 * hidden + j] + r[3 * hidden + j] + b_hh[3 * hidden + j])
-                    cj = fg * c[k, prev, i, j] + ig * gg
-                    c[k, new, i, j] = cj
-                    h[k, new, i, j] = og * tanh(cj)
-                    a[j] = ig
-                    a[hidden + j] = fg
-                    a[2 * hidden + j] = gg
-                    a[3 * hidden + j] = og
+                _cell_forward(gates[k, t, i], rec[i], b_hh, c[k, prev, i], c[k, new, i], h[k, new, i])
         restore_fpu(fpu)
 
 
@@ -148,21 +193,9 @@ def lstm_backward(
                 if t >= length:
                     da[:] = 0
                     continue
-                for j in range(hidden):
-                    ig = da[j]
-                    fg = da[hidden + j]
-                    gg = da[2 * hidden + j]
-                    og = da[3 * hidden + j]
-                    tc = tanh(c[k, new, i, j])
-                    dht = dh[i, j] + dh_out[k, t, i, j]
-                    dct = dc[i, j] + dht * og * dtanh(tc)
-                    dc[i, j] = dct * fg
-                    da[j] = dct * gg * dsigmoid(ig)
-                    da[hidden + j] = dct * c[k, prev, i, j] * dsigmoid(fg)
-                    da[2 * hidden + j] = dct * ig * dtanh(gg)
-                    da[3 * hidden + j] = dht * tc * dsigmoid(og)
-                    if record:
-                        dh_sq[k, t, i] += dht * dht
+                squared = _cell_backward(da, c[k, prev, i], c[k, new, i], dh[i], dc[i], dh_out[k, t, i])
+                if record:
+                    dh_sq[k, t, i] = squared
         h_prev = h[k, 1:] if reverse else h[k, :-1]
         chunk_gradients(x[k], h_prev, gates[k], gates[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
         restore_fpu(fpu)
