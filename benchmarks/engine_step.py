@@ -7,8 +7,10 @@ Usage (from the repository root)::
 
 Prints the median wall time of ``Network.loss_and_grad_vector`` (forward,
 MSE on the last step, full BPTT) and of ``Network.forward`` after a warm-up,
-and the time of the first call in fresh processes with an empty and with a
-warm Numba cache.
+the time of the first call in fresh processes with an empty and with a warm
+Numba cache, and the peak memory of the first training step of a fresh
+network (NumPy's allocations, traced) against what storing the activations
+of the window takes.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import tracemalloc
 
 import numpy as np
 
@@ -38,6 +41,25 @@ def first_call_seconds(args, cache_dir):
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     return float(out.stdout.strip())
+
+
+def activation_bytes(cell, hidden, batch, steps, itemsize):
+    """Bytes of what backpropagation must keep: gates, states (and the GRU's recurrent part)."""
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    kept = steps * gates * hidden + (steps + 1) * hidden * (2 if cell == "lstm" else 1)
+    if cell == "gru":
+        kept += steps * gates * hidden
+    return kept * batch * itemsize
+
+
+def first_step_peak_bytes(net, X, y):
+    """Peak traced memory of ``net``'s first training step (its buffers included)."""
+    tracemalloc.start()
+    try:
+        net.loss_and_grad_vector(X, y)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def main():
@@ -63,7 +85,10 @@ def main():
     net = Network(args.features, (args.hidden,), cell=args.cell, dtype=args.dtype, random_state=0)
     X = rng.standard_normal((args.batch, args.steps, args.features)).astype(args.dtype)
     y = rng.standard_normal((args.batch, 1)).astype(args.dtype)
-    net.loss_and_grad_vector(X, y)
+    # Compile on another network first: the compiler's allocations are not the step's.
+    Network(args.features, (args.hidden,), cell=args.cell, dtype=args.dtype).loss_and_grad_vector(X[:2, :3], y[:2])
+    peak = first_step_peak_bytes(net, X, y)
+    kept = activation_bytes(args.cell, args.hidden, args.batch, args.steps, np.dtype(args.dtype).itemsize)
     step = median_ms(lambda: net.loss_and_grad_vector(X, y), args.repeat)
     forward = median_ms(lambda: net.forward(X), args.repeat)
     gates = {"lstm": 4, "gru": 3, "rnn": 1}[args.cell]
@@ -72,7 +97,8 @@ def main():
         f"{args.cell} H={args.hidden} B={args.batch} T={args.steps} D={args.features} {args.dtype} "
         f"threads={numba.get_num_threads()} ({numba.threading_layer()}): "
         f"step {step:.2f} ms ({flops / step / 1e6:.1f} GFLOP/s), forward {forward:.2f} ms; "
-        f"first call: cold cache {cold:.1f} s, warm cache {warm:.2f} s"
+        f"first call: cold cache {cold:.1f} s, warm cache {warm:.2f} s; "
+        f"first-step peak memory {peak / 2**20:.1f} MiB = {peak / kept:.2f}x the activations ({kept / 2**20:.1f} MiB)"
     )
 
 

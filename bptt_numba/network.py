@@ -269,7 +269,7 @@ class Network:
         """
         batch = self._batch(X, lengths, state, output)
         with kernel_section(batch.blas_threads):
-            tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state)
+            tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state, per_sample=True)
         chunk = batch.x.shape[2]
         true_lengths = batch.lengths[: batch.n_samples]
         if output == "last":
@@ -567,8 +567,11 @@ class Network:
         return value, self._final_states(tapes), None if dx is None else dx.copy()
 
     # ------------------------------------------------------------ layer stack
-    def _forward_layers(self, x, lengths, state, masks=None, workspace=None):
+    def _forward_layers(self, x, lengths, state, masks=None, workspace=None, per_sample=False):
         """Unroll every layer of a chunk-major batch.
+
+        ``per_sample`` is passed to `layers.forward`: inference passes use it
+        so that a sample's outputs do not depend on the rest of its batch.
 
         Returns
         -------
@@ -589,7 +592,7 @@ class Network:
                 directions.append(
                     layers.forward(
                         self.cell, layer_input, w_ih, b_ih, w_hh, b_hh, state[layer][direction], lengths,
-                        direction == 1, use_relu, workspace, (layer, direction),
+                        direction == 1, use_relu, workspace, (layer, direction), per_sample,
                     )
                 )
             tapes.append((layer_input, directions))
@@ -633,7 +636,9 @@ class Network:
 
     # ------------------------------------------------------------------ head
     def _head(self, features):
-        return features @ self._weights["head.weight"].T + self._weights["head.bias"]
+        # einsum's own loops, not BLAS: a BLAS product rounds a row by its
+        # position in the call, and a prediction must not depend on its batch.
+        return np.einsum("nh,oh->no", features, self._weights["head.weight"]) + self._weights["head.bias"]
 
     def _last_features(self, top_layer, b_idx, t_idx, chunk):
         """Head input of "last" mode for samples ``b_idx`` ending at ``t_idx``."""

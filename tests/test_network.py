@@ -173,6 +173,20 @@ def test_results_do_not_depend_on_thread_count(cell):
     assert two[0] == again[0]
 
 
+@pytest.mark.parametrize("cell, hidden", [("lstm", 24), ("gru", 24), ("rnn", 24), ("lstm", 300)])
+def test_a_prediction_does_not_depend_on_the_rest_of_the_batch(cell, hidden):
+    """Bitwise, in float32: BLAS rounds a row of a product by its position in
+    larger calls, which would make a sample's output depend on its batch-mates
+    (scikit-learn checks this).  H=300 takes the one-chunk plan for large
+    weights."""
+    net = Network(8, (hidden,), cell=cell, random_state=0)
+    X = np.random.default_rng(0).standard_normal((40, 5, 8)).astype(np.float32)
+    order = np.random.default_rng(1).permutation(40)
+    Y = net.forward(X)[0]
+    np.testing.assert_array_equal(net.forward(X[order])[0], Y[order])
+    np.testing.assert_array_equal(net.forward(X[13:30])[0], Y[13:30])
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_float32_agrees_with_float64(cell):
     net64, X, y, lengths, _ = make_problem(cell, hidden_sizes=(8,), n_steps=10, lengths=[10, 6, 9])

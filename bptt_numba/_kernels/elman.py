@@ -10,7 +10,7 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._recurrence import chunk_gradients, crosses_border, project_inputs, step_slots
+from ._recurrence import chunk_gradients, crosses_border, project_inputs, recurrent_product, step_slots
 from .activations import drelu, dtanh, relu, tanh
 
 #: Gate blocks per layer, and state buffers (h) after the gates in a tape.
@@ -23,7 +23,7 @@ def aux_shape(n_chunks, n_steps, chunk, hidden):
     return (0, 0, 0, 0)
 
 
-@register_jitable(inline="always")
+@register_jitable
 def _cell_forward(a, r, b_hh, h_new, use_relu):
     """One sample's step: the new state from the input projection ``a``."""
     for j in range(h_new.shape[0]):
@@ -31,7 +31,7 @@ def _cell_forward(a, r, b_hh, h_new, use_relu):
         h_new[j] = relu(pre) if use_relu else tanh(pre)
 
 
-@register_jitable(inline="always")
+@register_jitable
 def _cell_backward(da, h_new, dh, dh_out, use_relu):
     """One sample's step back: ``da`` receives the pre-activation gradient.
 
@@ -47,12 +47,12 @@ def _cell_backward(da, h_new, dh, dh_out, use_relu):
 
 
 @kernel(parallel=True)
-def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reverse, use_relu):
+def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reverse, use_relu, per_sample):
     """Unroll an Elman layer over time.
 
     Parameters
     ----------
-    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse
+    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, per_sample
         As for `lstm_forward` (with H gates).
     gates : ndarray of shape (K, T, C, H)
         Written: the input projection (the backward pass needs only states).
@@ -67,11 +67,12 @@ def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reve
     hidden = w_hh_t.shape[0]
     for k in prange(n_chunks):
         fpu = flush_denormals()
-        project_inputs(x[k], w_ih_t, b_ih, gates[k])
+        chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
+        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, per_sample)
         rec = np.empty((chunk, hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
-            np.dot(h[k, prev], w_hh_t, rec)
+            recurrent_product(h[k, prev], w_hh_t, rec, t, chunk_lengths, per_sample)
             for i in range(chunk):
                 if t >= lengths[k * chunk + i]:
                     h[k, new, i] = h[k, prev, i]

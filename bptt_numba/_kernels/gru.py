@@ -17,7 +17,7 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._recurrence import chunk_gradients, crosses_border, project_inputs, step_slots
+from ._recurrence import chunk_gradients, crosses_border, project_inputs, recurrent_product, step_slots
 from .activations import dsigmoid, dtanh, one_minus, sigmoid, tanh
 
 #: Gate blocks per layer, and state buffers (h) after the gates in a tape.
@@ -30,14 +30,14 @@ def aux_shape(n_chunks, n_steps, chunk, hidden):
     return (n_chunks, n_steps, chunk, 3 * hidden)
 
 
-@register_jitable(inline="always")
+@register_jitable
 def _blocks(a):
     """Views of the r, z, n blocks of a gate row (see ``_recurrence``)."""
     n = a.shape[0] // N_GATES
     return a[:n], a[n : 2 * n], a[2 * n :]
 
 
-@register_jitable(inline="always")
+@register_jitable
 def _cell_forward(a, r, b_hh, h_prev, h_new, rec_n):
     """One sample's step: gates from pre-activations, and the new state.
 
@@ -59,7 +59,7 @@ def _cell_forward(a, r, b_hh, h_prev, h_new, rec_n):
         an[j] = ng
 
 
-@register_jitable(inline="always")
+@register_jitable
 def _cell_backward(da, dr, h_prev, dh, dh_out, dh_direct):
     """One sample's step back: pre-activation gradients from the gates.
 
@@ -92,12 +92,12 @@ def _cell_backward(da, dr, h_prev, dh, dh_out, dh_direct):
 
 
 @kernel(parallel=True)
-def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, use_relu):
+def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, use_relu, per_sample):
     """Unroll a GRU layer over time.
 
     Parameters
     ----------
-    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, use_relu
+    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, use_relu, per_sample
         As for `lstm_forward` (with 3H gates).
     gates : ndarray of shape (K, T, C, 3H)
         Written: the gates r, z, n.
@@ -110,11 +110,12 @@ def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, 
     hidden = w_hh_t.shape[0]
     for k in prange(n_chunks):
         fpu = flush_denormals()
-        project_inputs(x[k], w_ih_t, b_ih, gates[k])
+        chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
+        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, per_sample)
         step_rec = np.empty((chunk, 3 * hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
-            np.dot(h[k, prev], w_hh_t, step_rec)
+            recurrent_product(h[k, prev], w_hh_t, step_rec, t, chunk_lengths, per_sample)
             for i in range(chunk):
                 if t >= lengths[k * chunk + i]:
                     h[k, new, i] = h[k, prev, i]

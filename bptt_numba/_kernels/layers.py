@@ -43,7 +43,9 @@ def _buffer(workspace, key, shape, dtype):
     return array
 
 
-def forward(cell, x, w_ih, b_ih, w_hh, b_hh, state0, lengths, reverse, use_relu=False, workspace=None, key=()):
+def forward(
+    cell, x, w_ih, b_ih, w_hh, b_hh, state0, lengths, reverse, use_relu=False, workspace=None, key=(), per_sample=False
+):
     """Unroll one layer direction.
 
     Parameters
@@ -64,6 +66,10 @@ def forward(cell, x, w_ih, b_ih, w_hh, b_hh, state0, lengths, reverse, use_relu=
         it until the next call with the same ``key``.
     key : tuple
         Names this layer direction's buffers in ``workspace``.
+    per_sample : bool, default=False
+        One product per sample and step (inference: a sample's outputs then
+        do not depend on the rest of its batch) instead of one per chunk
+        (training, where it is faster for large weights).
 
     Returns
     -------
@@ -81,7 +87,7 @@ def forward(cell, x, w_ih, b_ih, w_hh, b_hh, state0, lengths, reverse, use_relu=
         buffer[:, slot] = initial
     w_ih_t, w_hh_t = np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T)
     _check_buffers(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux)
-    _kernel(cell, "forward")(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux, lengths, reverse, use_relu)
+    _kernel(cell, "forward")(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux, lengths, reverse, use_relu, per_sample)
     return gates, h, aux
 
 

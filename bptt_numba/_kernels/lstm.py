@@ -21,7 +21,7 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._recurrence import chunk_gradients, crosses_border, project_inputs, step_slots
+from ._recurrence import chunk_gradients, crosses_border, project_inputs, recurrent_product, step_slots
 from .activations import dsigmoid, dtanh, sigmoid, tanh
 
 #: Gate blocks per layer, and state buffers (h, c) after the gates in a tape.
@@ -34,14 +34,14 @@ def aux_shape(n_chunks, n_steps, chunk, hidden):
     return (n_chunks, n_steps + 1, chunk, hidden)
 
 
-@register_jitable(inline="always")
+@register_jitable
 def _blocks(a):
     """Views of the i, f, g, o blocks of a gate row (see ``_recurrence``)."""
     n = a.shape[0] // N_GATES
     return a[:n], a[n : 2 * n], a[2 * n : 3 * n], a[3 * n :]
 
 
-@register_jitable(inline="always")
+@register_jitable
 def _cell_forward(a, r, b_hh, c_prev, c_new, h_new):
     """One sample's step: gates from pre-activations, new cell and hidden state.
 
@@ -64,7 +64,7 @@ def _cell_forward(a, r, b_hh, c_prev, c_new, h_new):
         ao[j] = og
 
 
-@register_jitable(inline="always")
+@register_jitable
 def _cell_backward(da, c_prev, c_new, dh, dc, dh_out):
     """One sample's step back: gate pre-activation gradients from the gates.
 
@@ -92,7 +92,7 @@ def _cell_backward(da, c_prev, c_new, dh, dc, dh_out):
 
 
 @kernel(parallel=True)
-def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, use_relu):
+def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, use_relu, per_sample):
     """Unroll an LSTM layer over time.
 
     Parameters
@@ -114,16 +114,21 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
         layer).
     use_relu : bool
         Unused (uniform signature across cells).
+    per_sample : bool
+        One product per sample and step instead of one per chunk, so that a
+        sample's outputs do not depend on the rest of its batch (see
+        ``_recurrence.recurrent_product``).
     """
     n_chunks, n_steps, chunk, _ = x.shape
     hidden = w_hh_t.shape[0]
     for k in prange(n_chunks):
         fpu = flush_denormals()
-        project_inputs(x[k], w_ih_t, b_ih, gates[k])
+        chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
+        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, per_sample)
         rec = np.empty((chunk, 4 * hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
-            np.dot(h[k, prev], w_hh_t, rec)
+            recurrent_product(h[k, prev], w_hh_t, rec, t, chunk_lengths, per_sample)
             for i in range(chunk):
                 if t >= lengths[k * chunk + i]:
                     h[k, new, i] = h[k, prev, i]
