@@ -644,10 +644,10 @@ class Network:
         """Head input of "last" mode for samples ``b_idx`` ending at ``t_idx``."""
         _, directions = top_layer
         k_idx, i_idx = b_idx // chunk, b_idx % chunk
-        features = [_direction_output(directions[0][1], False)[k_idx, t_idx, i_idx]]
-        if self.bidirectional:
-            features.append(_direction_output(directions[1][1], True)[k_idx, 0, i_idx])
-        return np.concatenate(features, axis=1)
+        forward = _direction_output(directions[0][1], False)[k_idx, t_idx, i_idx]
+        if not self.bidirectional:
+            return forward
+        return np.concatenate([forward, _direction_output(directions[1][1], True)[k_idx, 0, i_idx]], axis=1)
 
     # ----------------------------------------------------------------- state
     def _final_states(self, tapes):
@@ -726,8 +726,10 @@ def _direction_output(h, reverse):
 
 
 def _to_chunks(a, chunk):
-    """(B, ...) -> (K, C, ...), padding with zero samples to a whole chunk."""
+    """(B, ...) -> (K, C, ...), padding with zero samples to a whole chunk (a view if none)."""
     n_chunks = -(-a.shape[0] // chunk)
+    if n_chunks * chunk == a.shape[0]:
+        return a.reshape((n_chunks, chunk) + a.shape[1:])
     padded = np.zeros((n_chunks * chunk,) + a.shape[1:], dtype=a.dtype)
     padded[: a.shape[0]] = a
     return padded.reshape((n_chunks, chunk) + a.shape[1:])
