@@ -58,8 +58,41 @@ def crosses_border(t, reverse, t_offset, truncate):
 
 
 @register_jitable
-def project_inputs(x, w_ih_t, b_ih, gates, lengths, per_sample):
-    """``gates = x W_ih^T + b_ih`` for every step of one chunk.
+def step_product(a, b, out, t, lengths, rows_per_call):
+    """``out = a @ b`` for the samples of one chunk at step ``t``.
+
+    BLAS rounds a row of a product by its position among the rows of the
+    call (OpenBLAS 0.3.30: 16 equal rows gave 3 different results), so with
+    one GEMM per chunk a sample's output would depend on the rest of its
+    batch.  Inference passes with small weights therefore multiply one
+    sample at a time (``rows_per_call=1``, skipping finished samples: no
+    slower for small weights, 13.8 against 23.1 us for 16 rows of
+    (64, 256)); training passes multiply whole chunks (``rows_per_call=0``),
+    10-25% faster per step.
+
+    Parameters
+    ----------
+    a : ndarray of shape (C, K)
+    b : ndarray of shape (K, N)
+    out : ndarray of shape (C, N)
+        Written (for the running samples only, with ``rows_per_call=1``).
+    t : int
+        The step's time index.
+    lengths : ndarray of shape (C,)
+    rows_per_call : int
+        1 or 0 (one call for the chunk).
+    """
+    if rows_per_call == 1:
+        for i in range(a.shape[0]):
+            if t < lengths[i]:
+                np.dot(a[i : i + 1], b, out[i : i + 1])
+    else:
+        np.dot(a, b, out)
+
+
+@register_jitable
+def project_inputs(x, w_ih_t, b_ih, gates, lengths, rows_per_call):
+    """``gates = x W_ih^T + b_ih`` at the valid steps of one chunk.
 
     Parameters
     ----------
@@ -69,57 +102,22 @@ def project_inputs(x, w_ih_t, b_ih, gates, lengths, per_sample):
         a chunk several times faster untransposed).
     b_ih : ndarray of shape (G,)
     gates : ndarray of shape (T, C, G)
-        Written (at the valid steps of each sample only, with ``per_sample``).
+        Written at each sample's valid steps.
     lengths : ndarray of shape (C,)
-        Valid steps of the chunk's samples.
-    per_sample : bool
-        One product per sample and step (see `recurrent_product`) instead
-        of one GEMM for the chunk.
+    rows_per_call : int
+        As for `step_product`; 0 makes the projection one GEMM.
     """
-    if not per_sample:
+    if rows_per_call == 0:
         rows = x.shape[0] * x.shape[1]
         np.dot(x.reshape((rows, x.shape[2])), w_ih_t, gates.reshape((rows, gates.shape[2])))
     for t in range(x.shape[0]):
+        if rows_per_call > 0:
+            step_product(x[t], w_ih_t, gates[t], t, lengths, rows_per_call)
         for i in range(x.shape[1]):
-            if per_sample:
-                if t >= lengths[i]:
-                    continue
-                np.dot(x[t, i : i + 1], w_ih_t, gates[t, i : i + 1])
-            row = gates[t, i]
-            for g in range(row.shape[0]):
-                row[g] += b_ih[g]
-
-
-@register_jitable
-def recurrent_product(h_prev, w_hh_t, out, t, lengths, per_sample):
-    """``out = h_prev W_hh^T``, the recurrent part of a step of one chunk.
-
-    With ``per_sample``, one BLAS call per sample still running at step
-    ``t``.  BLAS rounds a row of a product by its position among the rows of
-    the call (OpenBLAS 0.3.30: 16 equal rows gave 3 different results), so
-    with one GEMM per chunk a sample's output depends on the rest of its
-    batch; inference passes take this path, where a sample's outputs are
-    its own (scikit-learn checks it).  It also skips finished samples, and
-    for small weights it measured no slower: 13.8 against 23.1 us for 16
-    rows of (64, 256), one thread.
-
-    Parameters
-    ----------
-    h_prev : ndarray of shape (C, H)
-    w_hh_t : ndarray of shape (H, G)
-    out : ndarray of shape (C, G)
-        Written (for the running samples only, with ``per_sample``).
-    t : int
-        The step's time index.
-    lengths : ndarray of shape (C,)
-    per_sample : bool
-    """
-    if per_sample:
-        for i in range(h_prev.shape[0]):
             if t < lengths[i]:
-                np.dot(h_prev[i : i + 1], w_hh_t, out[i : i + 1])
-    else:
-        np.dot(h_prev, w_hh_t, out)
+                row = gates[t, i]
+                for g in range(row.shape[0]):
+                    row[g] += b_ih[g]
 
 
 @register_jitable

@@ -10,7 +10,7 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._recurrence import chunk_gradients, crosses_border, project_inputs, recurrent_product, step_slots
+from ._recurrence import chunk_gradients, crosses_border, project_inputs, step_product, step_slots
 from .activations import drelu, dtanh, relu, tanh
 
 #: Gate blocks per layer, and state buffers (h) after the gates in a tape.
@@ -47,12 +47,12 @@ def _cell_backward(da, h_new, dh, dh_out, use_relu):
 
 
 @kernel(parallel=True)
-def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reverse, use_relu, per_sample):
+def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reverse, use_relu, rows_per_call):
     """Unroll an Elman layer over time.
 
     Parameters
     ----------
-    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, per_sample
+    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, rows_per_call
         As for `lstm_forward` (with H gates).
     gates : ndarray of shape (K, T, C, H)
         Written: the input projection (the backward pass needs only states).
@@ -68,11 +68,11 @@ def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reve
     for k in prange(n_chunks):
         fpu = flush_denormals()
         chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, per_sample)
+        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, rows_per_call)
         rec = np.empty((chunk, hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
-            recurrent_product(h[k, prev], w_hh_t, rec, t, chunk_lengths, per_sample)
+            step_product(h[k, prev], w_hh_t, rec, t, chunk_lengths, rows_per_call)
             for i in range(chunk):
                 if t >= lengths[k * chunk + i]:
                     h[k, new, i] = h[k, prev, i]

@@ -17,7 +17,7 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._recurrence import chunk_gradients, crosses_border, project_inputs, recurrent_product, step_slots
+from ._recurrence import chunk_gradients, crosses_border, project_inputs, step_product, step_slots
 from .activations import dsigmoid, dtanh, one_minus, sigmoid, tanh
 
 #: Gate blocks per layer, and state buffers (h) after the gates in a tape.
@@ -92,12 +92,12 @@ def _cell_backward(da, dr, h_prev, dh, dh_out, dh_direct):
 
 
 @kernel(parallel=True)
-def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, use_relu, per_sample):
+def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, use_relu, rows_per_call):
     """Unroll a GRU layer over time.
 
     Parameters
     ----------
-    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, use_relu, per_sample
+    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, use_relu, rows_per_call
         As for `lstm_forward` (with 3H gates).
     gates : ndarray of shape (K, T, C, 3H)
         Written: the gates r, z, n.
@@ -111,11 +111,11 @@ def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, 
     for k in prange(n_chunks):
         fpu = flush_denormals()
         chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, per_sample)
+        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, rows_per_call)
         step_rec = np.empty((chunk, 3 * hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
-            recurrent_product(h[k, prev], w_hh_t, step_rec, t, chunk_lengths, per_sample)
+            step_product(h[k, prev], w_hh_t, step_rec, t, chunk_lengths, rows_per_call)
             for i in range(chunk):
                 if t >= lengths[k * chunk + i]:
                     h[k, new, i] = h[k, prev, i]

@@ -21,7 +21,7 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._recurrence import chunk_gradients, crosses_border, project_inputs, recurrent_product, step_slots
+from ._recurrence import chunk_gradients, crosses_border, project_inputs, step_product, step_slots
 from .activations import dsigmoid, dtanh, sigmoid, tanh
 
 #: Gate blocks per layer, and state buffers (h, c) after the gates in a tape.
@@ -92,7 +92,7 @@ def _cell_backward(da, c_prev, c_new, dh, dc, dh_out):
 
 
 @kernel(parallel=True)
-def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, use_relu, per_sample):
+def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, use_relu, rows_per_call):
     """Unroll an LSTM layer over time.
 
     Parameters
@@ -114,21 +114,21 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
         layer).
     use_relu : bool
         Unused (uniform signature across cells).
-    per_sample : bool
-        One product per sample and step instead of one per chunk, so that a
-        sample's outputs do not depend on the rest of its batch (see
-        ``_recurrence.recurrent_product``).
+    rows_per_call : int
+        Rows per BLAS call in the products: 0 for whole chunks, 1 for
+        inference with small weights, where a sample's outputs must not
+        depend on the rest of its batch (see ``_recurrence.step_product``).
     """
     n_chunks, n_steps, chunk, _ = x.shape
     hidden = w_hh_t.shape[0]
     for k in prange(n_chunks):
         fpu = flush_denormals()
         chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, per_sample)
+        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, rows_per_call)
         rec = np.empty((chunk, 4 * hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
-            recurrent_product(h[k, prev], w_hh_t, rec, t, chunk_lengths, per_sample)
+            step_product(h[k, prev], w_hh_t, rec, t, chunk_lengths, rows_per_call)
             for i in range(chunk):
                 if t >= lengths[k * chunk + i]:
                     h[k, new, i] = h[k, prev, i]
