@@ -29,8 +29,7 @@ if HAVE_SKLEARN:
 
 else:
 
-    class ConvergenceWarning(UserWarning):
-        """Training stopped at ``max_iter`` before the loss converged."""
+    from ._validation import ConvergenceWarning
 
     class DataConversionWarning(UserWarning):
         """Input data was converted (e.g. a column-vector y raveled)."""

@@ -17,6 +17,14 @@ LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
 OUTPUTS = ("last", "sequence")
 
 
+class ConvergenceWarning(UserWarning):
+    """Training stopped at ``max_iter`` before the loss converged.
+
+    The stand-in for scikit-learn's, used when scikit-learn is not loaded
+    (see ``training._warn_not_converged``).
+    """
+
+
 def check_choice(name, value, options):
     """Return ``value`` if it is one of ``options``, else raise ValueError."""
     if not isinstance(value, str) or value not in options:

@@ -11,12 +11,11 @@ import json
 
 import numpy as np
 
-from . import estimators
 from .network import Network
 
 FORMAT = "bptt-numba-model"
 VERSION = 1
-_CLASSES = {cls.__name__: cls for cls in (estimators.RNNRegressor, estimators.RNNClassifier, estimators.RNNForecaster)}
+_CLASSES = ("RNNRegressor", "RNNClassifier", "RNNForecaster")
 _SCALARS = ("n_features_in_", "n_outputs_", "n_iter_", "t_", "best_loss_", "best_validation_score_", "_layout",
             "_y_scalar")
 _LISTS = ("loss_curve_", "validation_scores_")
@@ -96,7 +95,9 @@ def load(path):
     for key in ("hidden_layer_sizes", "truncate"):
         if isinstance(params.get(key), list):
             params[key] = tuple(params[key])
-    estimator = _CLASSES[metadata["class"]](**params)
+    from . import estimators  # here: it imports scikit-learn, slow to import
+
+    estimator = getattr(estimators, metadata["class"])(**params)
     net = Network(random_state=0, **metadata["network"])
     if arrays["params"].shape != net.params.shape:
         raise ValueError(f"{path}: the parameter vector does not match the network it describes")

@@ -24,7 +24,6 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import _validation as val
-from ._compat import ConvergenceWarning
 from ._kernels import optim
 
 SOLVERS = ("adam", "adamw", "sgd", "rmsprop", "lbfgs")
@@ -267,11 +266,10 @@ class Trainer:
                 if self._end_of_epoch(validation):
                     break
             else:
-                warnings.warn(
+                _warn_not_converged(
                     f"Stochastic optimizer: maximum iterations ({self.max_iter}) reached and the optimization "
                     "hasn't converged yet.",
-                    ConvergenceWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
         self._close_progress()
         self.interrupted_ = interrupted()
@@ -540,9 +538,19 @@ class Trainer:
         self.best_loss_ = float(result.fun)
         self.epoch_times_.append(time.perf_counter() - start)
         if result.status == 1:
-            warnings.warn(
-                f"lbfgs failed to converge (status=1): {result.message}", ConvergenceWarning, stacklevel=3
-            )
+            _warn_not_converged(f"lbfgs failed to converge (status=1): {result.message}", stacklevel=4)
+
+
+def _warn_not_converged(message, stacklevel):
+    """Warn with scikit-learn's ConvergenceWarning when scikit-learn is loaded.
+
+    Otherwise with the package's stand-in: importing scikit-learn costs about
+    2 s, which users of the engine alone should not pay, and a process that
+    has not loaded it cannot be filtering its warnings.
+    """
+    exceptions = sys.modules.get("sklearn.exceptions")
+    category = val.ConvergenceWarning if exceptions is None else exceptions.ConvergenceWarning
+    warnings.warn(message, category, stacklevel=stacklevel)
 
 
 class _Windows:

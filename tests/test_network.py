@@ -2,6 +2,8 @@
 threads, dtypes, weights I/O, initialisation and errors."""
 
 import itertools
+import subprocess
+import sys
 
 import numba
 import numpy as np
@@ -452,3 +454,16 @@ def test_reused_buffers_never_leak_between_calls_or_threads():
     for thread in threads:
         thread.join()
     assert len(results) == 60 and all(results)
+
+
+def test_the_engine_does_not_import_scikit_learn():
+    """Importing scikit-learn takes seconds: the engine alone must not pay for it."""
+    code = (
+        "import sys, numpy as np\n"
+        "from bptt_numba import Network, train\n"
+        "net = Network(2, (4,), random_state=0)\n"
+        "train(net, np.zeros((4, 3, 2)), np.zeros((4, 1)), max_iter=1)\n"
+        "assert 'sklearn' not in sys.modules, 'scikit-learn was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
