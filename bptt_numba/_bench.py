@@ -199,6 +199,7 @@ def run(args):
     if args.side:
         print(json.dumps(measure(args.side, args.threads, args.repeat, grid)))
         return
+    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba calls: list it too)
     from threadpoolctl import threadpool_info
 
     blas = ", ".join(f"{i['internal_api']} {i['version']} {i.get('architecture', '')}" for i in threadpool_info())
