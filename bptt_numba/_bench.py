@@ -210,7 +210,8 @@ def run(args):
         torch_version = torch.__version__
     except ImportError:
         torch_version = "absent"
-    print(f"# {platform.machine()}, {args.threads} threads, best of {args.rounds} rounds; numba {numba.__version__} ({mine['layer']} layer), "
+    print(f"# {platform.machine()}, {args.threads} threads, best of {args.rounds} rounds; "
+          f"numba {numba.__version__} ({mine['layer']} layer), "
           f"numpy {np.__version__}, torch {torch_version}; BLAS: {blas}")
     print(f"# float32 GEMM ceiling at {args.threads} threads: {gemm_gflops(args.threads):.0f} GFLOP/s")
     print(f"{'cell':5} {'H':>4} {'B':>4} {'T':>4} {'D':>4} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'GFLOP/s':>8}")

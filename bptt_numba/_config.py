@@ -159,9 +159,9 @@ def batch_plan(n_samples, weight_bytes):
     -------
     chunk : int
     blas_threads : int
-    inference_rows : int
-        Rows per BLAS call of an inference pass (0: the whole chunk).
+    per_sample_inference : bool
+        Whether inference passes multiply one sample at a time.
     """
     if weight_bytes > LARGE_WEIGHTS:
-        return n_samples, numba.get_num_threads(), 0
-    return min(n_samples, max(16, -(-n_samples // 16))), 1, 1
+        return n_samples, numba.get_num_threads(), False
+    return min(n_samples, max(16, -(-n_samples // 16))), 1, True

@@ -269,7 +269,9 @@ class Network:
         """
         batch = self._batch(X, lengths, state, output)
         with kernel_section(batch.blas_threads):
-            tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state, rows_per_call=batch.inference_rows)
+            tapes, top = self._forward_layers(
+                batch.x, batch.lengths, batch.state, per_sample=batch.per_sample_inference
+            )
         chunk = batch.x.shape[2]
         true_lengths = batch.lengths[: batch.n_samples]
         if output == "last":
@@ -567,11 +569,11 @@ class Network:
         return value, self._final_states(tapes), None if dx is None else dx.copy()
 
     # ------------------------------------------------------------ layer stack
-    def _forward_layers(self, x, lengths, state, masks=None, workspace=None, rows_per_call=0):
+    def _forward_layers(self, x, lengths, state, masks=None, workspace=None, per_sample=False):
         """Unroll every layer of a chunk-major batch.
 
-        ``rows_per_call`` is passed to `layers.forward`: inference passes
-        take the batch plan's so that a sample's outputs do not depend on the
+        ``per_sample`` is passed to `layers.forward`: inference passes take
+        the batch plan's, so that a sample's outputs do not depend on the
         rest of its batch.
 
         Returns
@@ -593,7 +595,7 @@ class Network:
                 directions.append(
                     layers.forward(
                         self.cell, layer_input, w_ih, b_ih, w_hh, b_hh, state[layer][direction], lengths,
-                        direction == 1, use_relu, workspace, (layer, direction), rows_per_call,
+                        direction == 1, use_relu, workspace, (layer, direction), per_sample,
                     )
                 )
             tapes.append((layer_input, directions))
@@ -681,11 +683,11 @@ class Network:
             state, self.hidden_sizes, self.n_directions, self._kernels.N_STATE, n_samples, self.dtype
         )
         largest = max(w.nbytes for name, w in self._weights.items() if name.startswith("weight_hh"))
-        chunk, blas_threads, inference_rows = batch_plan(n_samples, largest)
+        chunk, blas_threads, per_sample_inference = batch_plan(n_samples, largest)
         x = np.ascontiguousarray(_to_chunks(X, chunk).transpose(0, 2, 1, 3))
         chunked_state = [[tuple(_to_chunks(a, chunk) for a in parts) for parts in layer] for layer in split_state]
         padded_lengths = _to_chunks(lengths, chunk).reshape(-1)
-        return _Batch(x, padded_lengths, chunked_state, n_samples, n_steps, blas_threads, inference_rows)
+        return _Batch(x, padded_lengths, chunked_state, n_samples, n_steps, blas_threads, per_sample_inference)
 
 
 class _Batch(NamedTuple):
@@ -697,7 +699,7 @@ class _Batch(NamedTuple):
     n_samples: int
     n_steps: int
     blas_threads: int  # see _config.batch_plan
-    inference_rows: int  # rows per BLAS call of an inference pass, ditto
+    per_sample_inference: bool  # ditto
 
 
 class _Objective(NamedTuple):

@@ -58,31 +58,30 @@ def crosses_border(t, reverse, t_offset, truncate):
 
 
 @register_jitable
-def step_product(a, b, out, t, lengths, rows_per_call):
+def step_product(a, b, out, t, lengths, per_sample):
     """``out = a @ b`` for the samples of one chunk at step ``t``.
 
     BLAS rounds a row of a product by its position among the rows of the
     call (OpenBLAS 0.3.30: 16 equal rows gave 3 different results), so with
     one GEMM per chunk a sample's output would depend on the rest of its
     batch.  Inference passes with small weights therefore multiply one
-    sample at a time (``rows_per_call=1``, skipping finished samples: no
-    slower for small weights, 13.8 against 23.1 us for 16 rows of
-    (64, 256)); training passes multiply whole chunks (``rows_per_call=0``),
-    10-25% faster per step.
+    sample at a time (``per_sample``, skipping finished samples: no slower
+    for small weights, 13.8 against 23.1 us for 16 rows of (64, 256));
+    training passes multiply whole chunks, 10-25% faster per step.
 
     Parameters
     ----------
     a : ndarray of shape (C, K)
     b : ndarray of shape (K, N)
     out : ndarray of shape (C, N)
-        Written (for the running samples only, with ``rows_per_call=1``).
+        Written (for the running samples only, with ``per_sample``).
     t : int
         The step's time index.
     lengths : ndarray of shape (C,)
-    rows_per_call : int
-        1 or 0 (one call for the chunk).
+    per_sample : bool
+        One BLAS call per running sample, else one for the chunk.
     """
-    if rows_per_call == 1:
+    if per_sample:
         for i in range(a.shape[0]):
             if t < lengths[i]:
                 np.dot(a[i : i + 1], b, out[i : i + 1])
@@ -91,7 +90,7 @@ def step_product(a, b, out, t, lengths, rows_per_call):
 
 
 @register_jitable
-def project_inputs(x, w_ih_t, b_ih, gates, lengths, rows_per_call):
+def project_inputs(x, w_ih_t, b_ih, gates, lengths, per_sample):
     """``gates = x W_ih^T + b_ih`` at the valid steps of one chunk.
 
     Parameters
@@ -104,15 +103,15 @@ def project_inputs(x, w_ih_t, b_ih, gates, lengths, rows_per_call):
     gates : ndarray of shape (T, C, G)
         Written at each sample's valid steps.
     lengths : ndarray of shape (C,)
-    rows_per_call : int
-        As for `step_product`; 0 makes the projection one GEMM.
+    per_sample : bool
+        As for `step_product`; else the projection is one GEMM.
     """
-    if rows_per_call == 0:
+    if not per_sample:
         rows = x.shape[0] * x.shape[1]
         np.dot(x.reshape((rows, x.shape[2])), w_ih_t, gates.reshape((rows, gates.shape[2])))
     for t in range(x.shape[0]):
-        if rows_per_call > 0:
-            step_product(x[t], w_ih_t, gates[t], t, lengths, rows_per_call)
+        if per_sample:
+            step_product(x[t], w_ih_t, gates[t], t, lengths, per_sample)
         for i in range(x.shape[1]):
             if t < lengths[i]:
                 row = gates[t, i]

@@ -47,12 +47,12 @@ def _cell_backward(da, h_new, dh, dh_out, use_relu):
 
 
 @kernel(parallel=True)
-def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reverse, use_relu, rows_per_call):
+def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reverse, use_relu, per_sample):
     """Unroll an Elman layer over time.
 
     Parameters
     ----------
-    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, rows_per_call
+    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, per_sample
         As for `lstm_forward` (with H gates).
     gates : ndarray of shape (K, T, C, H)
         Written: the input projection (the backward pass needs only states).
@@ -68,13 +68,13 @@ def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reve
     for k in prange(n_chunks):
         fpu = flush_denormals()
         chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, rows_per_call)
+        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, per_sample)
         rec = np.empty((chunk, hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
-            step_product(h[k, prev], w_hh_t, rec, t, chunk_lengths, rows_per_call)
+            step_product(h[k, prev], w_hh_t, rec, t, chunk_lengths, per_sample)
             for i in range(chunk):
-                if t >= lengths[k * chunk + i]:
+                if t >= chunk_lengths[i]:
                     h[k, new, i] = h[k, prev, i]
                     continue
                 _cell_forward(gates[k, t, i], rec[i], b_hh, h[k, new, i], use_relu)

@@ -92,12 +92,12 @@ def _cell_backward(da, dr, h_prev, dh, dh_out, dh_direct):
 
 
 @kernel(parallel=True)
-def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, use_relu, rows_per_call):
+def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, use_relu, per_sample):
     """Unroll a GRU layer over time.
 
     Parameters
     ----------
-    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, use_relu, rows_per_call
+    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, use_relu, per_sample
         As for `lstm_forward` (with 3H gates).
     gates : ndarray of shape (K, T, C, 3H)
         Written: the gates r, z, n.
@@ -111,13 +111,13 @@ def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, 
     for k in prange(n_chunks):
         fpu = flush_denormals()
         chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, rows_per_call)
+        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, per_sample)
         step_rec = np.empty((chunk, 3 * hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
-            step_product(h[k, prev], w_hh_t, step_rec, t, chunk_lengths, rows_per_call)
+            step_product(h[k, prev], w_hh_t, step_rec, t, chunk_lengths, per_sample)
             for i in range(chunk):
-                if t >= lengths[k * chunk + i]:
+                if t >= chunk_lengths[i]:
                     h[k, new, i] = h[k, prev, i]
                     continue
                 _cell_forward(gates[k, t, i], step_rec[i], b_hh, h[k, prev, i], h[k, new, i], _blocks(rec[k, t, i])[2])

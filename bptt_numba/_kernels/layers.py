@@ -44,7 +44,7 @@ def _buffer(workspace, key, shape, dtype):
 
 
 def forward(
-    cell, x, w_ih, b_ih, w_hh, b_hh, state0, lengths, reverse, use_relu=False, workspace=None, key=(), rows_per_call=0
+    cell, x, w_ih, b_ih, w_hh, b_hh, state0, lengths, reverse, use_relu=False, workspace=None, key=(), per_sample=False
 ):
     """Unroll one layer direction.
 
@@ -66,11 +66,11 @@ def forward(
         it until the next call with the same ``key``.
     key : tuple
         Names this layer direction's buffers in ``workspace``.
-    rows_per_call : int, default=0
-        Rows per BLAS call in the products (see ``_recurrence.step_product``):
-        0 for whole chunks (training, and inference with large weights); 1
-        for inference with small weights, where a sample's outputs must not
-        depend on the rest of its batch.
+    per_sample : bool, default=False
+        One BLAS call per sample in the products (see
+        ``_recurrence.step_product``), else one per chunk: for inference with
+        small weights, where a sample's outputs must not depend on the rest
+        of its batch.
 
     Returns
     -------
@@ -88,7 +88,7 @@ def forward(
         buffer[:, slot] = initial
     w_ih_t, w_hh_t = np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T)
     _check_buffers(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux)
-    _kernel(cell, "forward")(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux, lengths, reverse, use_relu, rows_per_call)
+    _kernel(cell, "forward")(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux, lengths, reverse, use_relu, per_sample)
     return gates, h, aux
 
 

@@ -92,7 +92,7 @@ def _cell_backward(da, c_prev, c_new, dh, dc, dh_out):
 
 
 @kernel(parallel=True)
-def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, use_relu, rows_per_call):
+def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, use_relu, per_sample):
     """Unroll an LSTM layer over time.
 
     Parameters
@@ -114,8 +114,8 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
         layer).
     use_relu : bool
         Unused (uniform signature across cells).
-    rows_per_call : int
-        Rows per BLAS call in the products: 0 for whole chunks, 1 for
+    per_sample : bool
+        One BLAS call per sample in the products, else one per chunk: for
         inference with small weights, where a sample's outputs must not
         depend on the rest of its batch (see ``_recurrence.step_product``).
     """
@@ -124,13 +124,13 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
     for k in prange(n_chunks):
         fpu = flush_denormals()
         chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, rows_per_call)
+        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, per_sample)
         rec = np.empty((chunk, 4 * hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
-            step_product(h[k, prev], w_hh_t, rec, t, chunk_lengths, rows_per_call)
+            step_product(h[k, prev], w_hh_t, rec, t, chunk_lengths, per_sample)
             for i in range(chunk):
-                if t >= lengths[k * chunk + i]:
+                if t >= chunk_lengths[i]:
                     h[k, new, i] = h[k, prev, i]
                     c[k, new, i] = c[k, prev, i]
                     continue
