@@ -135,7 +135,8 @@ def backward(
     -------
     dx : ndarray of shape (K, T, C, D) or None
     grads : tuple of ndarray
-        Gradients w.r.t. ``w_ih, w_hh, b_ih, b_hh``.
+        Gradients w.r.t. ``w_ih, w_hh, b_ih, b_hh``; with a ``workspace``
+        they live in it until the next call with the same ``key``.
     """
     gates, h, aux = tape
     n_chunks = x.shape[0]
@@ -152,8 +153,12 @@ def backward(
 
 
 def _sum_in_order(shares):
-    """Sum per-chunk shares one after another, in chunk order."""
-    total = shares[0].copy()
+    """Sum per-chunk shares one after another, in chunk order, into the first.
+
+    In place: the shares are scratch, and a copy of the weights' size per
+    parameter would add to the peak memory of a step.
+    """
+    total = shares[0]
     for share in shares[1:]:
         total += share
     return total
