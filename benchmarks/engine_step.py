@@ -14,6 +14,7 @@ of the window takes.
 """
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import tracemalloc
 import numpy as np
 
 from bptt_numba._bench import median_ms
+from bptt_numba._kernels import layers
 
 FIRST_CALL = """
 import time, numpy as np
@@ -44,11 +46,9 @@ def first_call_seconds(args, cache_dir):
 
 
 def activation_bytes(cell, hidden, batch, steps, itemsize):
-    """Bytes of what backpropagation must keep: gates, states (and the GRU's recurrent part)."""
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
-    kept = steps * gates * hidden + (steps + 1) * hidden * (2 if cell == "lstm" else 1)
-    if cell == "gru":
-        kept += steps * gates * hidden
+    """Bytes of the tape backpropagation must keep: gates, states and the cell's extra buffer."""
+    module = layers.CELLS[cell]
+    kept = steps * module.N_GATES * hidden + (steps + 1) * hidden + math.prod(module.aux_shape(1, steps, 1, hidden))
     return kept * batch * itemsize
 
 
@@ -91,8 +91,7 @@ def main():
     kept = activation_bytes(args.cell, args.hidden, args.batch, args.steps, np.dtype(args.dtype).itemsize)
     step = median_ms(lambda: net.loss_and_grad_vector(X, y), args.repeat)
     forward = median_ms(lambda: net.forward(X), args.repeat)
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[args.cell]
-    flops = 6 * gates * args.hidden * (args.features + args.hidden) * args.batch * args.steps
+    flops = 6 * layers.CELLS[args.cell].N_GATES * args.hidden * (args.features + args.hidden) * args.batch * args.steps
     print(
         f"{args.cell} H={args.hidden} B={args.batch} T={args.steps} D={args.features} {args.dtype} "
         f"threads={numba.get_num_threads()} ({numba.threading_layer()}): "

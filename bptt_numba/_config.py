@@ -82,7 +82,7 @@ def kernel_section(blas_threads=1):
     """
     libraries = _blas_libraries()
     previous = [library.get_num_threads() for library in libraries]
-    numba_threads = numba.get_num_threads()
+    numba_threads = numba.get_num_threads() if blas_threads > 1 else None
     try:
         for library, threads in zip(libraries, previous):
             if threads != blas_threads:

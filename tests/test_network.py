@@ -11,6 +11,7 @@ import pytest
 
 import naive
 from bptt_numba import Network
+from bptt_numba._config import LARGE_WEIGHTS
 from problems import CELLS, make_problem, relative_error
 
 MODELS = list(itertools.product(CELLS, [(4,), (3, 5)], [False, True]))
@@ -186,7 +187,7 @@ def test_a_prediction_does_not_depend_on_the_rest_of_the_batch(cell, hidden):
     X = np.random.default_rng(0).standard_normal((40, 5, 8)).astype(np.float32)
     order = np.random.default_rng(1).permutation(40)
     Y = net.forward(X)[0]
-    exact = net.get_weights()["weight_hh_l0"].nbytes <= 1 << 20
+    exact = net.get_weights()["weight_hh_l0"].nbytes <= LARGE_WEIGHTS
     check = np.testing.assert_array_equal if exact else (lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5))
     check(net.forward(X[order])[0], Y[order])
     check(net.forward(X[13:30])[0], Y[13:30])
