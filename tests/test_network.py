@@ -417,11 +417,13 @@ def test_loss_without_gradient_equals_loss_and_grad(output, loss):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
-def test_large_weights_take_the_blas_threaded_plan_and_agree():
-    """Beyond the L2 cache the batch is one chunk and BLAS is threaded: the
-    results still agree across thread counts (and with the reference)."""
-    net, X, y, lengths, _ = make_problem("lstm", hidden_sizes=(200,), n_samples=6, n_steps=5, lengths=[5, 3, 5, 2, 4, 5])
-    assert net.get_weights()["weight_hh_l0"].nbytes > 1 << 20
+@pytest.mark.parametrize("cell, hidden", [("lstm", 200), ("gru", 240), ("rnn", 400)])
+def test_large_weights_take_the_blas_threaded_plan_and_agree(cell, hidden):
+    """Beyond the L2 cache the batch is one chunk, BLAS is threaded and reads
+    the transposed weights in place: the results still agree across thread
+    counts (and with the reference)."""
+    net, X, y, lengths, _ = make_problem(cell, hidden_sizes=(hidden,), n_samples=6, n_steps=5, lengths=[5, 3, 5, 2, 4, 5])
+    assert net.get_weights()["weight_hh_l0"].nbytes > LARGE_WEIGHTS
     previous = numba.get_num_threads()
     try:
         numba.set_num_threads(1)

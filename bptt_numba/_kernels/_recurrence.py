@@ -97,8 +97,8 @@ def project_inputs(x, w_ih_t, b_ih, gates, lengths, per_sample):
     ----------
     x : ndarray of shape (T, C, D)
     w_ih_t : ndarray of shape (D, G)
-        ``W_ih`` transposed (and contiguous: BLAS runs the small GEMMs of
-        a chunk several times faster untransposed).
+        ``W_ih`` transposed (C-ordered for small weights, see
+        ``layers._transposed``).
     b_ih : ndarray of shape (G,)
     gates : ndarray of shape (T, C, G)
         Written at each sample's valid steps.

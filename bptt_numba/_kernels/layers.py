@@ -12,6 +12,7 @@ step (H=128, B=32, T=100).
 
 import numpy as np
 
+from .._config import LARGE_WEIGHTS
 from . import elman, gru, lstm
 
 CELLS = {"rnn": elman, "lstm": lstm, "gru": gru}
@@ -41,6 +42,18 @@ def _buffer(workspace, key, shape, dtype):
     if array is None:
         array = workspace[key] = np.empty(shape, dtype=dtype)
     return array
+
+
+def _transposed(w, large):
+    """``w.T`` for the forward kernels.
+
+    Small weights are copied: BLAS ran the chunks' small per-step GEMMs up
+    to 20% faster on a C-ordered ``w.T``.  Large ones (see
+    ``_config.batch_plan``) are passed as the transposed view, which BLAS
+    reads as it is: a copy of a 2048 x 512 float32 matrix took 4.7 ms here,
+    about 15% of an LSTM H=512 B=16 T=25 training step.
+    """
+    return w.T if large else np.ascontiguousarray(w.T)
 
 
 def forward(
@@ -86,8 +99,9 @@ def forward(
     slot = n_steps if reverse else 0
     for buffer, initial in zip((h, aux), state0):
         buffer[:, slot] = initial
-    w_ih_t, w_hh_t = np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T)
-    _check_buffers(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux)
+    large = w_hh.nbytes > LARGE_WEIGHTS
+    w_ih_t, w_hh_t = _transposed(w_ih, large), _transposed(w_hh, large)
+    _check_buffers(x, b_ih, b_hh, gates, h, aux)
     _kernel(cell, "forward")(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux, lengths, reverse, use_relu, per_sample)
     return gates, h, aux
 

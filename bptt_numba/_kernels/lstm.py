@@ -100,8 +100,9 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
     x : ndarray of shape (K, T, C, D)
         Layer input.
     w_ih_t, b_ih, w_hh_t, b_hh : ndarray
-        Weights: the transposes of PyTorch's, contiguous, (D, 4H) and
-        (H, 4H), then the biases (4H,).
+        Weights: the transposes of PyTorch's, (D, 4H) and (H, 4H), both
+        C- or both F-ordered (see ``layers._transposed``), then the biases
+        (4H,).
     gates : ndarray of shape (K, T, C, 4H)
         Written: the activated gates i, f, g, o, kept for the backward pass.
     h, c : ndarray of shape (K, T + 1, C, H)
