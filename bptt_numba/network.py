@@ -555,18 +555,45 @@ class Network:
         grads["head.bias"] += d_out.sum(axis=0)
         d_features = d_out @ self._weights["head.weight"]
 
-        hidden = self.hidden_sizes[-1]
-        d_top = [np.zeros(top.shape[:3] + (hidden,), self.dtype) for _ in range(self.n_directions)]
-        k_idx, i_idx = b_idx // chunk, b_idx % chunk
-        if objective.output == "last":
-            d_top[0][k_idx, t_idx, i_idx] = d_features[:, :hidden]
-            if self.bidirectional:
-                d_top[1][k_idx, 0, i_idx] = d_features[:, hidden:]
-        else:
-            for direction in range(self.n_directions):
-                d_top[direction][k_idx, t_idx, i_idx] = d_features[:, direction * hidden : (direction + 1) * hidden]
-        dx = self._backward_layers(tapes, lengths, d_top, truncate, t0, grads, need_input_grad, masks, flow, workspace)
+        d_top, out_steps = self._top_gradient(d_features, b_idx, t_idx, top.shape[:3], objective.output)
+        dx = self._backward_layers(
+            tapes, lengths, d_top, out_steps, truncate, t0, grads, need_input_grad, masks, flow, workspace
+        )
         return value, self._final_states(tapes), None if dx is None else dx.copy()
+
+    def _top_gradient(self, d_features, b_idx, t_idx, shape, output):
+        """d loss / d top layer output, per direction, for `layers.backward`.
+
+        ``d_features`` is the gradient w.r.t. the head input of samples
+        ``b_idx`` at steps ``t_idx``; ``shape`` is the top layer's (K, T, C).
+        For ``output="last"`` each sample has one such step, so the gradient
+        is (K, 1, C, H) with the step in ``out_steps`` (the reverse direction
+        is read after the whole sequence, at step 0): a dense (K, T, C, H)
+        buffer of zeros was as large as an Elman layer's states.
+
+        Returns
+        -------
+        d_top : list of ndarray
+        out_steps : list of ndarray or None
+        """
+        n_chunks, n_steps, chunk = shape
+        hidden = self.hidden_sizes[-1]
+        k_idx, i_idx = b_idx // chunk, b_idx % chunk
+        d_top, out_steps = [], []
+        for direction in range(self.n_directions):
+            part = d_features[:, direction * hidden : (direction + 1) * hidden]
+            if output == "last":
+                d = np.zeros((n_chunks, 1, chunk, hidden), self.dtype)
+                d[k_idx, 0, i_idx] = part
+                steps = np.full(n_chunks * chunk, -1, dtype=np.int64)
+                steps[b_idx] = 0 if direction == 1 else t_idx
+            else:
+                d = np.zeros((n_chunks, n_steps, chunk, hidden), self.dtype)
+                d[k_idx, t_idx, i_idx] = part
+                steps = None
+            d_top.append(d)
+            out_steps.append(steps)
+        return d_top, out_steps
 
     # ------------------------------------------------------------ layer stack
     def _forward_layers(self, x, lengths, state, masks=None, workspace=None, per_sample=False):
@@ -606,8 +633,10 @@ class Network:
             layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=3)
         return tapes, layer_input
 
-    def _backward_layers(self, tapes, lengths, d_top, truncate, t0, grads, need_input_grad, masks, flow, workspace):
-        """Back-propagate ``d_top`` through the stack, accumulating ``grads``."""
+    def _backward_layers(
+        self, tapes, lengths, d_top, out_steps, truncate, t0, grads, need_input_grad, masks, flow, workspace
+    ):
+        """Back-propagate ``d_top`` (see `_top_gradient`) through the stack, accumulating ``grads``."""
         use_relu = self.nonlinearity == "relu"
         d_outputs = d_top
         layer_flows = [None] * len(tapes)
@@ -623,6 +652,7 @@ class Network:
                 dx, layer_grads = layers.backward(
                     self.cell, layer_input, w_ih, w_hh, tape, lengths, direction == 1, truncate, t0,
                     d_outputs[direction], want_dx, use_relu, squares[direction], workspace, (layer, direction),
+                    out_steps[direction],
                 )
                 for total, part in zip(self._layer_weights(grads, layer, direction), layer_grads):
                     total += part
@@ -636,6 +666,7 @@ class Network:
                 d_outputs = [
                     np.ascontiguousarray(dx_total[..., d * hidden : (d + 1) * hidden]) for d in range(self.n_directions)
                 ]
+                out_steps = [None] * self.n_directions
         if flow is not None:
             flow.extend(layer_flows)
         return dx_total if need_input_grad else None

@@ -120,6 +120,21 @@ def project_inputs(x, w_ih_t, b_ih, gates, lengths, per_sample):
 
 
 @register_jitable
+def output_grad(dh_out, out_steps, no_grad, k, t, i):
+    """d loss / d output of sample ``i`` of chunk ``k`` at step ``t``.
+
+    ``dh_out`` holds it for every step when ``out_steps`` is empty, else at
+    step ``out_steps[sample]`` only (see ``lstm.lstm_backward``);
+    ``no_grad`` is a row of zeros.
+    """
+    if out_steps.size == 0:
+        return dh_out[k, t, i]
+    if out_steps[k * dh_out.shape[2] + i] == t:
+        return dh_out[k, 0, i]
+    return no_grad
+
+
+@register_jitable
 def chunk_gradients(x, h_prev, d_in, d_rec, w_ih, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dx):
     """Weight, bias and input gradients of one chunk: GEMMs over all its steps.
 

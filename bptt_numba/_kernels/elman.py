@@ -10,7 +10,14 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._recurrence import chunk_gradients, crosses_border, project_inputs, step_product, step_slots
+from ._recurrence import (
+    chunk_gradients,
+    crosses_border,
+    output_grad,
+    project_inputs,
+    step_product,
+    step_slots,
+)
 from .activations import drelu, dtanh, relu, tanh
 
 #: Gate blocks per layer, and state buffers (h) after the gates in a tape.
@@ -83,13 +90,13 @@ def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reve
 
 @kernel(parallel=True)
 def elman_backward(
-    x, w_ih, w_hh, gates, h, unused, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
+    x, w_ih, w_hh, gates, h, unused, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
 ):
     """Back-propagate through an unrolled Elman layer.
 
     Parameters
     ----------
-    x, w_ih, w_hh, h, unused, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
+    x, w_ih, w_hh, h, unused, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
         As for `lstm_backward` and `elman_forward`.
     gates : ndarray of shape (K, T, C, H)
         Written: the gradient w.r.t. the pre-activations (zero at padded
@@ -102,6 +109,7 @@ def elman_backward(
         fpu = flush_denormals()
         dh = np.zeros((chunk, hidden), dtype=gates.dtype)
         dh_rec = np.empty((chunk, hidden), dtype=gates.dtype)
+        no_grad = np.zeros(hidden, dtype=gates.dtype)
         later = n_steps
         cut = False
         for s in range(n_steps):
@@ -121,7 +129,7 @@ def elman_backward(
                 if t >= length:
                     da[:] = 0
                     continue
-                squared = _cell_backward(da, h[k, new, i], dh[i], dh_out[k, t, i], use_relu)
+                squared = _cell_backward(da, h[k, new, i], dh[i], output_grad(dh_out, out_steps, no_grad, k, t, i), use_relu)
                 if record:
                     dh_sq[k, t, i] = squared
         h_prev = h[k, 1:] if reverse else h[k, :-1]

@@ -17,7 +17,14 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._recurrence import chunk_gradients, crosses_border, project_inputs, step_product, step_slots
+from ._recurrence import (
+    chunk_gradients,
+    crosses_border,
+    output_grad,
+    project_inputs,
+    step_product,
+    step_slots,
+)
 from .activations import dsigmoid, dtanh, one_minus, sigmoid, tanh
 
 #: Gate blocks per layer, and state buffers (h) after the gates in a tape.
@@ -126,13 +133,13 @@ def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, 
 
 @kernel(parallel=True)
 def gru_backward(
-    x, w_ih, w_hh, gates, h, rec, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
+    x, w_ih, w_hh, gates, h, rec, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
 ):
     """Back-propagate through an unrolled GRU layer.
 
     Parameters
     ----------
-    x, w_ih, w_hh, h, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
+    x, w_ih, w_hh, h, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
         As for `lstm_backward`.
     gates : ndarray of shape (K, T, C, 3H)
         On entry the gates; on exit the gradient w.r.t. the input-side
@@ -149,6 +156,7 @@ def gru_backward(
         dh = np.zeros((chunk, hidden), dtype=gates.dtype)
         dh_direct = np.zeros((chunk, hidden), dtype=gates.dtype)
         dh_rec = np.empty((chunk, hidden), dtype=gates.dtype)
+        no_grad = np.zeros(hidden, dtype=gates.dtype)
         later = n_steps
         cut = False
         for s in range(n_steps):
@@ -171,7 +179,7 @@ def gru_backward(
                     da[:] = 0
                     dr[:] = 0
                     continue
-                squared = _cell_backward(da, dr, h[k, prev, i], dh[i], dh_out[k, t, i], dh_direct[i])
+                squared = _cell_backward(da, dr, h[k, prev, i], dh[i], output_grad(dh_out, out_steps, no_grad, k, t, i), dh_direct[i])
                 if record:
                     dh_sq[k, t, i] = squared
         h_prev = h[k, 1:] if reverse else h[k, :-1]

@@ -124,6 +124,7 @@ def backward(
     dh_sq=None,
     workspace=None,
     key=(),
+    out_steps=None,
 ):
     """Back-propagate one layer direction (the tape is consumed).
 
@@ -137,8 +138,9 @@ def backward(
         TBPTT window (0: full BPTT), in absolute time.
     t_offset : int
         Absolute time of step 0 of ``x``.
-    dh_out : ndarray of shape (K, T, C, H)
-        Gradient w.r.t. the layer direction's output at each step.
+    dh_out : ndarray of shape (K, T, C, H) or (K, 1, C, H)
+        Gradient w.r.t. the layer direction's output at each step, or with
+        ``out_steps`` at one step per sample.
     need_dx : bool
         Also return the gradient w.r.t. ``x``.
     dh_sq : ndarray of shape (K, T, C), optional
@@ -146,6 +148,9 @@ def backward(
         sample and step (the gradient-flow diagnostic).
     workspace, key
         As for `forward`; ``dx`` then lives in it until the next call.
+    out_steps : ndarray of shape (K * C,), int64, optional
+        The step of each sample at which ``dh_out[k, 0, i]`` enters (-1:
+        none), for a (K, 1, C, H) ``dh_out``.
 
     Returns
     -------
@@ -161,9 +166,11 @@ def backward(
     shares = [_buffer(workspace, ("share", i) + key, (n_chunks,) + shape, x.dtype) for i, shape in enumerate(shapes)]
     if dh_sq is None:
         dh_sq = np.empty((0, 0, 0), dtype=x.dtype)
+    if out_steps is None:
+        out_steps = np.empty(0, dtype=np.int64)
     _check_buffers(x, w_ih, w_hh, gates, h, aux, dh_out, dx, *shares, dh_sq)
     _kernel(cell, "backward")(
-        x, w_ih, w_hh, gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, *shares, dh_sq
+        x, w_ih, w_hh, gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, *shares, dh_sq
     )
     return (dx if need_dx else None), tuple(_sum_in_order(share) for share in shares)
 

@@ -21,7 +21,14 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._recurrence import chunk_gradients, crosses_border, project_inputs, step_product, step_slots
+from ._recurrence import (
+    chunk_gradients,
+    crosses_border,
+    output_grad,
+    project_inputs,
+    step_product,
+    step_slots,
+)
 from .activations import dsigmoid, dtanh, sigmoid, tanh
 
 #: Gate blocks per layer, and state buffers (h, c) after the gates in a tape.
@@ -141,7 +148,7 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
 
 @kernel(parallel=True)
 def lstm_backward(
-    x, w_ih, w_hh, gates, h, c, lengths, reverse, use_relu, truncate, t_offset, dh_out, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
+    x, w_ih, w_hh, gates, h, c, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
 ):
     """Back-propagate through an unrolled LSTM layer.
 
@@ -159,8 +166,14 @@ def lstm_backward(
         multiples of ``truncate``; 0 for full BPTT.
     t_offset : int
         Absolute time of step 0 of these buffers.
-    dh_out : ndarray of shape (K, T, C, H)
-        Gradient of the loss w.r.t. the layer's output at each step.
+    dh_out : ndarray of shape (K, T, C, H) or (K, 1, C, H)
+        Gradient of the loss w.r.t. the layer's output: at each step, or
+        with ``out_steps`` at one step per sample.
+    out_steps : ndarray of shape (K * C,) or (0,), int64
+        Empty when ``dh_out`` covers every step; else the step at which
+        ``dh_out[k, 0, i]`` enters for each sample (-1: none), so that a
+        loss on one step per sample (``output="last"``) needs no
+        (K, T, C, H) buffer of zeros.
     dx : ndarray of shape (K, T, C, D), or empty
         Written when not empty: gradient w.r.t. ``x``.
     g_w_ih, g_w_hh, g_b_ih, g_b_hh : ndarray with a leading axis of K
@@ -177,6 +190,7 @@ def lstm_backward(
         dh = np.zeros((chunk, hidden), dtype=gates.dtype)
         dc = np.zeros((chunk, hidden), dtype=gates.dtype)
         dh_rec = np.empty((chunk, hidden), dtype=gates.dtype)
+        no_grad = np.zeros(hidden, dtype=gates.dtype)
         later = n_steps
         cut = False
         for s in range(n_steps):
@@ -199,7 +213,7 @@ def lstm_backward(
                 if t >= length:
                     da[:] = 0
                     continue
-                squared = _cell_backward(da, c[k, prev, i], c[k, new, i], dh[i], dc[i], dh_out[k, t, i])
+                squared = _cell_backward(da, c[k, prev, i], c[k, new, i], dh[i], dc[i], output_grad(dh_out, out_steps, no_grad, k, t, i))
                 if record:
                     dh_sq[k, t, i] = squared
         h_prev = h[k, 1:] if reverse else h[k, :-1]
