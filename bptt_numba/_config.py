@@ -125,11 +125,11 @@ LARGE_WEIGHTS = 1 << 20
 
 
 def batch_plan(n_samples, weight_bytes):
-    """How a batch is parallelised: samples per prange task, BLAS threads, rows per product.
+    """How a batch is parallelised: samples per prange task, and BLAS threads.
 
     Small weights: about 16 tasks of at least 16 samples each (so the
-    per-step GEMMs stay efficient), one BLAS thread each; a function of the
-    batch size alone, so results are identical for any thread count.
+    per-step products stay efficient), one BLAS thread each; a function of
+    the batch size alone, so results are identical for any thread count.
     Measured on 2 cores, a training step with chunks of 16 against 8
     samples: LSTM H=128 B=32 T=100, 25 against 36 ms; GRU H=256 B=32, 57
     against 84 ms; LSTM H=32 B=32, 2.4 against 4.0 ms.
@@ -139,15 +139,9 @@ def batch_plan(n_samples, weight_bytes):
     step.  Measured, LSTM H=512, B=64, T=100 on 2 cores: 1.19 s per step
     with chunks of 4 samples; 0.40-0.50 s with one chunk per thread and
     0.42-0.48 s with this plan, which also keeps the results independent of
-    the thread count and lets BLAS use many cores on one batch.
-
-    Inference passes multiply one sample at a time with small weights, so
-    that a sample's outputs do not depend on the rest of its batch (see
-    ``_kernels._recurrence.step_product``).  With large weights they
-    multiply the whole batch at once, like training: one call per sample,
-    or per 8 samples, made an LSTM H=512 forward pass of 64 samples 2.9x
-    slower here (each call packs all the weights), so there a sample's
-    outputs may differ by float32 rounding from one batch to another.
+    the thread count and lets BLAS use many cores on one batch.  There a
+    sample's outputs may differ by float32 rounding from one batch to
+    another (see ``_kernels._recurrence.product``).
 
     Parameters
     ----------
@@ -159,9 +153,7 @@ def batch_plan(n_samples, weight_bytes):
     -------
     chunk : int
     blas_threads : int
-    per_sample_inference : bool
-        Whether inference passes multiply one sample at a time.
     """
     if weight_bytes > LARGE_WEIGHTS:
-        return n_samples, numba.get_num_threads(), False
-    return min(n_samples, max(16, -(-n_samples // 16))), 1, True
+        return n_samples, numba.get_num_threads()
+    return min(n_samples, max(16, -(-n_samples // 16))), 1

@@ -269,9 +269,7 @@ class Network:
         """
         batch = self._batch(X, lengths, state, output)
         with kernel_section(batch.blas_threads):
-            tapes, top = self._forward_layers(
-                batch.x, batch.lengths, batch.state, per_sample=batch.per_sample_inference
-            )
+            tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state)
         chunk = batch.x.shape[2]
         true_lengths = batch.lengths[: batch.n_samples]
         if output == "last":
@@ -596,12 +594,8 @@ class Network:
         return d_top, out_steps
 
     # ------------------------------------------------------------ layer stack
-    def _forward_layers(self, x, lengths, state, masks=None, workspace=None, per_sample=False):
+    def _forward_layers(self, x, lengths, state, masks=None, workspace=None):
         """Unroll every layer of a chunk-major batch.
-
-        ``per_sample`` is passed to `layers.forward`: inference passes take
-        the batch plan's, so that a sample's outputs do not depend on the
-        rest of its batch.
 
         Returns
         -------
@@ -625,7 +619,7 @@ class Network:
                 directions.append(
                     layers.forward(
                         self.cell, layer_input, w_ih, b_ih, w_hh, b_hh, state[layer][direction], lengths,
-                        direction == 1, use_relu, workspace, (layer, direction), per_sample,
+                        direction == 1, use_relu, workspace, (layer, direction),
                     )
                 )
             tapes.append((layer_input, directions))
@@ -717,11 +711,11 @@ class Network:
             state, self.hidden_sizes, self.n_directions, self._kernels.N_STATE, n_samples, self.dtype
         )
         largest = max(w.nbytes for name, w in self._weights.items() if name.startswith("weight_hh"))
-        chunk, blas_threads, per_sample_inference = batch_plan(n_samples, largest)
+        chunk, blas_threads = batch_plan(n_samples, largest)
         x = np.ascontiguousarray(_to_chunks(X, chunk).transpose(0, 2, 1, 3))
         chunked_state = [[tuple(_to_chunks(a, chunk) for a in parts) for parts in layer] for layer in split_state]
         padded_lengths = _to_chunks(lengths, chunk).reshape(-1)
-        return _Batch(x, padded_lengths, chunked_state, n_samples, n_steps, blas_threads, per_sample_inference)
+        return _Batch(x, padded_lengths, chunked_state, n_samples, n_steps, blas_threads)
 
 
 class _Batch(NamedTuple):
@@ -733,7 +727,6 @@ class _Batch(NamedTuple):
     n_samples: int
     n_steps: int
     blas_threads: int  # see _config.batch_plan
-    per_sample_inference: bool  # ditto
 
 
 class _Objective(NamedTuple):

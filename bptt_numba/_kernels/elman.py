@@ -15,7 +15,7 @@ from ._recurrence import (
     crosses_border,
     output_grad,
     project_inputs,
-    step_product,
+    product,
     step_slots,
 )
 from .activations import drelu, dtanh, relu, tanh
@@ -54,12 +54,12 @@ def _cell_backward(da, h_new, dh, dh_out, use_relu):
 
 
 @kernel(parallel=True)
-def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reverse, use_relu, per_sample):
+def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reverse, use_relu, blas):
     """Unroll an Elman layer over time.
 
     Parameters
     ----------
-    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, per_sample
+    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, blas
         As for `lstm_forward` (with H gates).
     gates : ndarray of shape (K, T, C, H)
         Written: the input projection (the backward pass needs only states).
@@ -75,11 +75,11 @@ def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reve
     for k in prange(n_chunks):
         fpu = flush_denormals()
         chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, per_sample)
+        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, blas)
         rec = np.empty((chunk, hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
-            step_product(h[k, prev], w_hh_t, rec, t, chunk_lengths, per_sample)
+            product(h[k, prev], w_hh_t, rec, blas)
             for i in range(chunk):
                 if t >= chunk_lengths[i]:
                     h[k, new, i] = h[k, prev, i]
@@ -90,13 +90,13 @@ def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reve
 
 @kernel(parallel=True)
 def elman_backward(
-    x, w_ih, w_hh, gates, h, unused, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
+    x, w_ih, w_hh, gates, h, unused, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq, blas
 ):
     """Back-propagate through an unrolled Elman layer.
 
     Parameters
     ----------
-    x, w_ih, w_hh, h, unused, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
+    x, w_ih, w_hh, h, unused, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq, blas
         As for `lstm_backward` and `elman_forward`.
     gates : ndarray of shape (K, T, C, H)
         Written: the gradient w.r.t. the pre-activations (zero at padded
@@ -117,7 +117,7 @@ def elman_backward(
             if s > 0:
                 later = t - 1 if reverse else t + 1
                 cut = crosses_border(t, reverse, t_offset, truncate)
-                np.dot(gates[k, later], w_hh, dh_rec)
+                product(gates[k, later], w_hh, dh_rec, blas)
             for i in range(chunk):
                 length = lengths[k * chunk + i]
                 if s > 0 and later < length:

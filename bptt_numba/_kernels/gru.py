@@ -22,7 +22,7 @@ from ._recurrence import (
     crosses_border,
     output_grad,
     project_inputs,
-    step_product,
+    product,
     step_slots,
 )
 from .activations import dsigmoid, dtanh, one_minus, sigmoid, tanh
@@ -99,12 +99,12 @@ def _cell_backward(da, dr, h_prev, dh, dh_out, dh_direct):
 
 
 @kernel(parallel=True)
-def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, use_relu, per_sample):
+def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, use_relu, blas):
     """Unroll a GRU layer over time.
 
     Parameters
     ----------
-    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, use_relu, per_sample
+    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, use_relu, blas
         As for `lstm_forward` (with 3H gates).
     gates : ndarray of shape (K, T, C, 3H)
         Written: the gates r, z, n.
@@ -118,11 +118,11 @@ def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, 
     for k in prange(n_chunks):
         fpu = flush_denormals()
         chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, per_sample)
+        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, blas)
         step_rec = np.empty((chunk, 3 * hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
-            step_product(h[k, prev], w_hh_t, step_rec, t, chunk_lengths, per_sample)
+            product(h[k, prev], w_hh_t, step_rec, blas)
             for i in range(chunk):
                 if t >= chunk_lengths[i]:
                     h[k, new, i] = h[k, prev, i]
@@ -133,13 +133,13 @@ def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, 
 
 @kernel(parallel=True)
 def gru_backward(
-    x, w_ih, w_hh, gates, h, rec, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
+    x, w_ih, w_hh, gates, h, rec, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq, blas
 ):
     """Back-propagate through an unrolled GRU layer.
 
     Parameters
     ----------
-    x, w_ih, w_hh, h, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
+    x, w_ih, w_hh, h, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq, blas
         As for `lstm_backward`.
     gates : ndarray of shape (K, T, C, 3H)
         On entry the gates; on exit the gradient w.r.t. the input-side
@@ -164,7 +164,7 @@ def gru_backward(
             if s > 0:
                 later = t - 1 if reverse else t + 1
                 cut = crosses_border(t, reverse, t_offset, truncate)
-                np.dot(rec[k, later], w_hh, dh_rec)
+                product(rec[k, later], w_hh, dh_rec, blas)
             for i in range(chunk):
                 length = lengths[k * chunk + i]
                 if s > 0 and later < length:

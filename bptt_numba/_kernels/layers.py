@@ -44,22 +44,24 @@ def _buffer(workspace, key, shape, dtype):
     return array
 
 
+def _large(w_hh):
+    """Whether a layer's products go to BLAS (see ``_recurrence.product``)."""
+    return w_hh.nbytes > LARGE_WEIGHTS
+
+
 def _transposed(w, large):
     """``w.T`` for the forward kernels.
 
-    Small weights are copied: BLAS ran the one-sample products of inference
-    passes 1.3-3x faster on a C-ordered ``w.T`` here, e.g. 0.83-1.05 against
-    1.11-1.66 us for (1, 64) @ (64, 256) (chunk GEMMs of 16 samples showed no
-    difference beyond noise).  Large ones (see
-    ``_config.batch_plan``) are passed as the transposed view, which BLAS
-    reads as it is: a copy of a 2048 x 512 float32 matrix took 4.7 ms here,
-    about 15% of an LSTM H=512 B=16 T=25 training step.
+    Small weights are copied: ``_recurrence.matmul`` reads ``w.T`` row by
+    row.  Large ones (see ``_config.batch_plan``) go to BLAS, which reads
+    the transposed view as it is: a copy of a 2048 x 512 float32 matrix took
+    4.7 ms here, about 15% of an LSTM H=512 B=16 T=25 training step.
     """
     return w.T if large else np.ascontiguousarray(w.T)
 
 
 def forward(
-    cell, x, w_ih, b_ih, w_hh, b_hh, state0, lengths, reverse, use_relu=False, workspace=None, key=(), per_sample=False
+    cell, x, w_ih, b_ih, w_hh, b_hh, state0, lengths, reverse, use_relu=False, workspace=None, key=()
 ):
     """Unroll one layer direction.
 
@@ -81,11 +83,6 @@ def forward(
         it until the next call with the same ``key``.
     key : tuple
         Names this layer direction's buffers in ``workspace``.
-    per_sample : bool, default=False
-        One BLAS call per sample in the products (see
-        ``_recurrence.step_product``), else one per chunk: for inference with
-        small weights, where a sample's outputs must not depend on the rest
-        of its batch.
 
     Returns
     -------
@@ -101,10 +98,10 @@ def forward(
     slot = n_steps if reverse else 0
     for buffer, initial in zip((h, aux), state0):
         buffer[:, slot] = initial
-    large = w_hh.nbytes > LARGE_WEIGHTS
+    large = _large(w_hh)
     w_ih_t, w_hh_t = _transposed(w_ih, large), _transposed(w_hh, large)
     _check_buffers(x, b_ih, b_hh, gates, h, aux)
-    _kernel(cell, "forward")(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux, lengths, reverse, use_relu, per_sample)
+    _kernel(cell, "forward")(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux, lengths, reverse, use_relu, large)
     return gates, h, aux
 
 
@@ -170,7 +167,8 @@ def backward(
         out_steps = np.empty(0, dtype=np.int64)
     _check_buffers(x, w_ih, w_hh, gates, h, aux, dh_out, dx, *shares, dh_sq)
     _kernel(cell, "backward")(
-        x, w_ih, w_hh, gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, *shares, dh_sq
+        x, w_ih, w_hh, gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, *shares, dh_sq,
+        _large(w_hh),
     )
     return (dx if need_dx else None), tuple(_sum_in_order(share) for share in shares)
 

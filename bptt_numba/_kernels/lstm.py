@@ -26,7 +26,7 @@ from ._recurrence import (
     crosses_border,
     output_grad,
     project_inputs,
-    step_product,
+    product,
     step_slots,
 )
 from .activations import dsigmoid, dtanh, sigmoid, tanh
@@ -99,7 +99,7 @@ def _cell_backward(da, c_prev, c_new, dh, dc, dh_out):
 
 
 @kernel(parallel=True)
-def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, use_relu, per_sample):
+def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, use_relu, blas):
     """Unroll an LSTM layer over time.
 
     Parameters
@@ -122,21 +122,20 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
         layer).
     use_relu : bool
         Unused (uniform signature across cells).
-    per_sample : bool
-        One BLAS call per sample in the products, else one per chunk: for
-        inference with small weights, where a sample's outputs must not
-        depend on the rest of its batch (see ``_recurrence.step_product``).
+    blas : bool
+        Multiply with BLAS (large weights: ``_config.batch_plan``), else with
+        ``_recurrence.matmul``.
     """
     n_chunks, n_steps, chunk, _ = x.shape
     hidden = w_hh_t.shape[0]
     for k in prange(n_chunks):
         fpu = flush_denormals()
         chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, per_sample)
+        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, blas)
         rec = np.empty((chunk, 4 * hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
-            step_product(h[k, prev], w_hh_t, rec, t, chunk_lengths, per_sample)
+            product(h[k, prev], w_hh_t, rec, blas)
             for i in range(chunk):
                 if t >= chunk_lengths[i]:
                     h[k, new, i] = h[k, prev, i]
@@ -148,7 +147,7 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
 
 @kernel(parallel=True)
 def lstm_backward(
-    x, w_ih, w_hh, gates, h, c, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq
+    x, w_ih, w_hh, gates, h, c, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq, blas
 ):
     """Back-propagate through an unrolled LSTM layer.
 
@@ -181,6 +180,8 @@ def lstm_backward(
     dh_sq : ndarray of shape (K, T, C), or empty
         Written when not empty: the squared norm of d loss / d h_t of each
         sample and step (the gradient-flow diagnostic).
+    blas : bool
+        As for `lstm_forward`.
     """
     n_chunks, n_steps, chunk, _ = x.shape
     hidden = w_hh.shape[1]
@@ -200,7 +201,7 @@ def lstm_backward(
                 # recurrent weights of the step processed before it.
                 later = t - 1 if reverse else t + 1
                 cut = crosses_border(t, reverse, t_offset, truncate)
-                np.dot(gates[k, later], w_hh, dh_rec)
+                product(gates[k, later], w_hh, dh_rec, blas)
             for i in range(chunk):
                 length = lengths[k * chunk + i]
                 if s > 0 and later < length:
