@@ -69,25 +69,31 @@ def kernel_section(blas_threads=1):
     """Context for running the kernels: who gets the threads, and thread safety.
 
     With ``blas_threads=1`` the kernels parallelise over the batch with
-    Numba's threads and call BLAS inside their parallel regions (on a chunk
-    of the batch each).  A multithreaded BLAS would oversubscribe the cores,
-    and its threads spin between calls: measured here on 2 cores, an LSTM
-    step went from 25 ms to over 1 s.  So BLAS runs single-threaded and the
-    thread count is Numba's alone.
+    Numba's threads and call BLAS inside their parallel regions (the weight
+    gradients of a chunk each).  A multithreaded BLAS would oversubscribe
+    the cores, and its threads spin between calls: measured here on 2 cores,
+    an LSTM step went from 25 ms to over 1 s.  So BLAS runs single-threaded
+    and the thread count is Numba's alone.
 
     With more BLAS threads (one chunk, large weights: see `batch_plan`) it is
     the other way round: Numba runs its single task on one thread, since
     its idle threads spin beside BLAS's and slowed an LSTM H=512 step from
     70 to 91 ms here.
+
+    ``blas_threads=None`` is for kernels that call no BLAS (forward passes
+    with small weights: ``_kernels._recurrence.matmul`` does their
+    products); BLAS is left as it is, which saves a one-sequence prediction
+    the 5-8 us of setting and restoring its thread counts.
     """
-    libraries = _blas_libraries()
+    libraries = _blas_libraries() if blas_threads is not None else []
     previous = [library.get_num_threads() for library in libraries]
-    numba_threads = numba.get_num_threads() if blas_threads > 1 else None
+    swap_numba = blas_threads is not None and blas_threads > 1
+    numba_threads = numba.get_num_threads() if swap_numba else None
     try:
         for library, threads in zip(libraries, previous):
             if threads != blas_threads:
                 library.set_num_threads(blas_threads)
-        if blas_threads > 1:
+        if swap_numba:
             numba.set_num_threads(1)
         if _needs_lock():
             with _WORKQUEUE_LOCK:
@@ -95,7 +101,7 @@ def kernel_section(blas_threads=1):
         else:
             yield
     finally:
-        if blas_threads > 1:
+        if swap_numba:
             numba.set_num_threads(numba_threads)
         for library, threads in zip(libraries, previous):
             if threads != blas_threads:

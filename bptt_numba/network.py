@@ -268,7 +268,7 @@ class Network:
             continues them exactly (unidirectional networks).
         """
         batch = self._batch(X, lengths, state, output)
-        with kernel_section(batch.blas_threads):
+        with kernel_section(batch.blas_threads if batch.blas_threads > 1 else None):
             tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state)
         chunk = batch.x.shape[2]
         true_lengths = batch.lengths[: batch.n_samples]
@@ -710,7 +710,7 @@ class Network:
         split_state = val.check_state(
             state, self.hidden_sizes, self.n_directions, self._kernels.N_STATE, n_samples, self.dtype
         )
-        largest = max(w.nbytes for name, w in self._weights.items() if name.startswith("weight_hh"))
+        largest = max(self._kernels.N_GATES * size * size for size in self.hidden_sizes) * self.dtype.itemsize
         chunk, blas_threads = batch_plan(n_samples, largest)
         x = np.ascontiguousarray(_to_chunks(X, chunk).transpose(0, 2, 1, 3))
         chunked_state = [[tuple(_to_chunks(a, chunk) for a in parts) for parts in layer] for layer in split_state]
