@@ -1,15 +1,16 @@
-"""The per-step recurrent products on one thread: Numba's BLAS against NumPy's.
+"""The per-step recurrent products on one thread: the kernels' matmul against BLAS.
 
 Usage (from the repository root)::
 
     python benchmarks/blas_small_gemm.py [--repeat 200]
 
 Each training step of a recurrent layer multiplies a chunk of 16 states by
-the recurrent weights at every time step, ``(16, H) @ (H, G*H)``.  Numba's
-``np.dot`` calls the BLAS that SciPy ships (through ``scipy.linalg.cython_blas``),
-which may be another OpenBLAS build than NumPy's; this prints the median time
-of each shape through both, one BLAS thread, so a slow library shows up as
-such and not as a slow kernel.
+the recurrent weights at every time step, ``(16, H) @ (H, G*H)`` forward and
+``(16, G*H) @ (G*H, H)`` backward.  The kernels do it with
+``_kernels._recurrence.matmul`` (weights up to 1 MiB); Numba's ``np.dot``
+calls the BLAS that SciPy ships (through ``scipy.linalg.cython_blas``), which
+may be another OpenBLAS build than NumPy's.  This prints the median time of
+each shape through all three, one thread.
 """
 
 import argparse
@@ -19,8 +20,13 @@ from numba import njit
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from bptt_numba._bench import median_ms
+from bptt_numba._config import kernel
+from bptt_numba._kernels._recurrence import matmul
 
-SHAPES = [(16, 32, 128), (16, 64, 256), (16, 128, 512), (16, 256, 768), (16, 512, 2048), (64, 512, 2048)]
+SHAPES = [
+    (16, 32, 128), (16, 64, 256), (16, 256, 64), (16, 128, 512), (16, 512, 128), (16, 256, 768), (16, 512, 2048),
+    (64, 512, 2048), (1, 64, 256),
+]
 
 
 @njit(cache=True)
@@ -28,23 +34,31 @@ def _numba_dot(a, b, out):
     np.dot(a, b, out)
 
 
+@kernel
+def _matmul(a, b, out):
+    matmul(a, b, out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=200)
     args = parser.parse_args(argv)
+    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba calls: list it too)
+
     for info in threadpool_info():
         if info["user_api"] == "blas":
             print(f"# {info['internal_api']} {info['version']} {info.get('architecture', '')}: {info['filepath']}")
     rng = np.random.default_rng(0)
-    print(f"{'M':>4} {'K':>4} {'N':>5} {'numba us':>9} {'numpy us':>9}")
+    print(f"{'M':>4} {'K':>4} {'N':>5} {'matmul us':>10} {'numba us':>9} {'numpy us':>9}")
     with threadpool_limits(1, user_api="blas"):
         for m, k, n in SHAPES:
             a = rng.standard_normal((m, k)).astype(np.float32)
             b = rng.standard_normal((k, n)).astype(np.float32)
             out = np.empty((m, n), np.float32)
+            own = median_ms(lambda: _matmul(a, b, out), args.repeat)
             ours = median_ms(lambda: _numba_dot(a, b, out), args.repeat)
             theirs = median_ms(lambda: np.dot(a, b, out), args.repeat)
-            print(f"{m:4d} {k:4d} {n:5d} {1e3 * ours:9.1f} {1e3 * theirs:9.1f}")
+            print(f"{m:4d} {k:4d} {n:5d} {1e3 * own:10.1f} {1e3 * ours:9.1f} {1e3 * theirs:9.1f}")
 
 
 if __name__ == "__main__":
