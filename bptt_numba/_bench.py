@@ -104,15 +104,24 @@ def theirs(torch, cell, hidden, batch, steps, features, seed=0):
     return step, forward
 
 
-def gemm_gflops(threads, n=2048, repeat=5):
-    """The machine's float32 GEMM rate with ``threads`` BLAS threads."""
+def gemm_gflops(threads, n=2048, repeat=10):
+    """The machine's float32 GEMM rate with ``threads`` BLAS threads.
+
+    The best of ``repeat`` products, not their median: it is a ceiling, and
+    a neighbour's load here once halved the median.
+    """
     from threadpoolctl import threadpool_limits
 
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     b = a.T.copy()
     with threadpool_limits(threads, user_api="blas"):
-        ms = median_ms(lambda: a @ b, repeat)
-    return 2 * n**3 / ms / 1e6
+        a @ b
+        seconds = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            a @ b
+            seconds.append(time.perf_counter() - start)
+    return 2 * n**3 / min(seconds) / 1e9
 
 
 def measure(side, threads, repeat, grid):
