@@ -697,7 +697,7 @@ class Network:
         """``[layer][direction] -> tuple`` of chunked states to the public per-layer format."""
         state = []
         for directions in split:
-            stacked = tuple(np.stack([_from_chunks(part, n_samples) for part in parts]) for parts in zip(*directions))
+            stacked = tuple(_unchunk_directions(parts, n_samples) for parts in zip(*directions))
             state.append(stacked if self._kernels.N_STATE == 2 else stacked[0])
         return state
 
@@ -764,6 +764,12 @@ def _to_chunks(a, chunk):
     padded = np.zeros((n_chunks * chunk,) + a.shape[1:], dtype=a.dtype)
     padded[: a.shape[0]] = a
     return padded.reshape((n_chunks, chunk) + a.shape[1:])
+
+
+def _unchunk_directions(parts, n_samples):
+    """(K, C, H) states of each direction -> one (n_directions, n_samples, H) array."""
+    stacked = np.stack(parts)
+    return np.ascontiguousarray(stacked.reshape((len(parts), -1, stacked.shape[-1]))[:, :n_samples])
 
 
 def _from_chunks(a, n_samples):

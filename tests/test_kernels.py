@@ -148,14 +148,17 @@ def test_float32_kernels_do_no_float64_arithmetic(cell, monkeypatch):
     pattern = re.compile(r"= (?:fadd|fsub|fmul|fdiv)[^\n]* double |= fpext float ")
     fresh = {}
 
-    def fresh_kernel(cell_name, kind):
-        key = (cell_name, kind)
-        if key not in fresh:
-            fresh[key] = numba.njit(error_model="numpy")(original(cell_name, kind).py_func)
-        return fresh[key]
+    def fresh_kernel(key):
+        def run(*args):
+            if key not in fresh:
+                fresh[key] = numba.njit(error_model="numpy")(original[key].py_func)
+            return fresh[key](*args)
 
-    original = layers._kernel
-    monkeypatch.setattr(layers, "_kernel", fresh_kernel)
+        return run
+
+    original = dict(layers.KERNELS)
+    for key in original:
+        monkeypatch.setitem(layers.KERNELS, key, fresh_kernel(key))
     params, x, lengths, state0 = _layer_case(cell)
     for dtype in (np.float32, np.float64):
         fresh.clear()

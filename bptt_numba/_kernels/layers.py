@@ -16,11 +16,11 @@ from .._config import LARGE_WEIGHTS
 from . import elman, gru, lstm
 
 CELLS = {"rnn": elman, "lstm": lstm, "gru": gru}
-
-
-def _kernel(cell, kind):
-    module = CELLS[cell]
-    return getattr(module, f"{module.__name__.rsplit('.', 1)[1]}_{kind}")
+KERNELS = {
+    (cell, kind): getattr(module, f"{module.__name__.rsplit('.', 1)[1]}_{kind}")
+    for cell, module in CELLS.items()
+    for kind in ("forward", "backward")
+}
 
 
 def _check_buffers(*arrays):
@@ -101,7 +101,7 @@ def forward(
     large = _large(w_hh)
     w_ih_t, w_hh_t = _transposed(w_ih, large), _transposed(w_hh, large)
     _check_buffers(x, b_ih, b_hh, gates, h, aux)
-    _kernel(cell, "forward")(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux, lengths, reverse, use_relu, large)
+    KERNELS[cell, "forward"](x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux, lengths, reverse, use_relu, large)
     return gates, h, aux
 
 
@@ -166,7 +166,7 @@ def backward(
     if out_steps is None:
         out_steps = np.empty(0, dtype=np.int64)
     _check_buffers(x, w_ih, w_hh, gates, h, aux, dh_out, dx, *shares, dh_sq)
-    _kernel(cell, "backward")(
+    KERNELS[cell, "backward"](
         x, w_ih, w_hh, gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, *shares, dh_sq,
         _large(w_hh),
     )
