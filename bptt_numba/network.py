@@ -10,6 +10,7 @@ input of every step of a layer, the cell kernel unrolls the recurrence, and
 after the backward sweep the weight gradients of all steps are two GEMMs.
 """
 
+import math
 import threading
 from typing import NamedTuple
 
@@ -90,7 +91,7 @@ class Network:
         self.dtype = val.check_dtype(dtype)
         self._kernels = layers.CELLS[self.cell]
         self._shapes = self._parameter_shapes()
-        self.params = np.zeros(sum(int(np.prod(s)) for s in self._shapes.values()), dtype=self.dtype)
+        self.params = np.zeros(sum(math.prod(s) for s in self._shapes.values()), dtype=self.dtype)
         self._weights = self.unflatten(self.params)
         self._initialise(val.as_generator(random_state))
 
@@ -174,7 +175,7 @@ class Network:
         """
         views, start = {}, 0
         for name, shape in self._shapes.items():
-            stop = start + int(np.prod(shape))
+            stop = start + math.prod(shape)
             views[name] = flat[start:stop].reshape(shape)
             start = stop
         return views
