@@ -10,9 +10,10 @@ Gate blocks are stacked in PyTorch's order i, f, g, o::
     h' = o * tanh(c')
 
 Buffers are chunk-major (see ``_recurrence``); each chunk of samples is one
-``prange`` task: one GEMM for its input projection, one small recurrent GEMM
-per step followed by the fused gate math, and after the backward sweep its
-weight gradients as GEMMs over all its steps.
+``prange`` task: one product for its input projection, one small recurrent
+product per step (``_recurrence.product``) followed by the fused gate math,
+and after the backward sweep its weight gradients as BLAS GEMMs over all its
+steps.
 """
 
 import numpy as np
