@@ -467,7 +467,7 @@ class Network:
         with kernel_section(batch.blas_threads):
             for t0, t1, cut in segments:
                 x = batch.x if len(segments) == 1 else np.ascontiguousarray(batch.x[:, t0:t1])
-                seg_lengths = np.clip(batch.lengths - t0, 0, t1 - t0)
+                seg_lengths = batch.lengths if len(segments) == 1 else np.clip(batch.lengths - t0, 0, t1 - t0)
                 masks = self._dropout_masks(x.shape, dropout, rng)
                 flow = [] if record_flow else None
                 part, state_now, dx = self._segment(
