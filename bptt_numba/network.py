@@ -269,6 +269,7 @@ class Network:
             continues them exactly (unidirectional networks).
         """
         batch = self._batch(X, lengths, state, output)
+        # Forward kernels with small weights call no BLAS (`_recurrence.matmul`): BLAS is left alone.
         with kernel_section(batch.blas_threads if batch.blas_threads > 1 else None):
             tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state)
         chunk = batch.x.shape[2]

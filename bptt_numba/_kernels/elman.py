@@ -129,7 +129,8 @@ def elman_backward(
                 if t >= length:
                     da[:] = 0
                     continue
-                squared = _cell_backward(da, h[k, new, i], dh[i], output_grad(dh_out, out_steps, no_grad, k, t, i), use_relu)
+                dho = output_grad(dh_out, out_steps, no_grad, k, t, i)
+                squared = _cell_backward(da, h[k, new, i], dh[i], dho, use_relu)
                 if record:
                     dh_sq[k, t, i] = squared
         h_prev = h[k, 1:] if reverse else h[k, :-1]

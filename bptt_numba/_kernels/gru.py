@@ -179,7 +179,8 @@ def gru_backward(
                     da[:] = 0
                     dr[:] = 0
                     continue
-                squared = _cell_backward(da, dr, h[k, prev, i], dh[i], output_grad(dh_out, out_steps, no_grad, k, t, i), dh_direct[i])
+                dho = output_grad(dh_out, out_steps, no_grad, k, t, i)
+                squared = _cell_backward(da, dr, h[k, prev, i], dh[i], dho, dh_direct[i])
                 if record:
                     dh_sq[k, t, i] = squared
         h_prev = h[k, 1:] if reverse else h[k, :-1]

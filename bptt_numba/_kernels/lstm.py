@@ -215,7 +215,8 @@ def lstm_backward(
                 if t >= length:
                     da[:] = 0
                     continue
-                squared = _cell_backward(da, c[k, prev, i], c[k, new, i], dh[i], dc[i], output_grad(dh_out, out_steps, no_grad, k, t, i))
+                dho = output_grad(dh_out, out_steps, no_grad, k, t, i)
+                squared = _cell_backward(da, c[k, prev, i], c[k, new, i], dh[i], dc[i], dho)
                 if record:
                     dh_sq[k, t, i] = squared
         h_prev = h[k, 1:] if reverse else h[k, :-1]
