@@ -5,9 +5,8 @@ zero-length samples), and every buffer is chunk-major and then time-major:
 ``(K, T, C, features)``.  Each chunk is one ``prange`` task that runs the
 whole time loop of its samples with its own small products (`matmul`), so a
 layer is one parallel region, and every chunk's data are contiguous for
-those products.  The
-chunking (``_config.batch_plan``) depends on the batch and weight sizes,
-never on the thread count, so neither do the results.
+those products.  The chunking (``_config.batch_plan``) depends on the batch
+and weight sizes, never on the thread count, so neither do the results.
 
 States live in buffers of ``T + 1`` time slots.  A forward-direction layer
 keeps its initial state in slot 0 and the state after step ``t`` in slot
@@ -141,8 +140,8 @@ def product(a, b, out, blas):
 
 
 @register_jitable
-def project_inputs(x, w_ih_t, b_ih, gates, lengths, blas):
-    """``gates = x W_ih^T + b_ih`` for the steps of one chunk (bias at valid steps).
+def project_inputs(x, w_ih_t, b_ih, gates, blas):
+    """``gates = x W_ih^T + b_ih`` for every step of one chunk: one product.
 
     Parameters
     ----------
@@ -153,18 +152,15 @@ def project_inputs(x, w_ih_t, b_ih, gates, lengths, blas):
     b_ih : ndarray of shape (G,)
     gates : ndarray of shape (T, C, G)
         Written.
-    lengths : ndarray of shape (C,)
     blas : bool
         As for `product`.
     """
     rows = x.shape[0] * x.shape[1]
-    product(x.reshape((rows, x.shape[2])), w_ih_t, gates.reshape((rows, gates.shape[2])), blas)
-    for t in range(x.shape[0]):
-        for i in range(x.shape[1]):
-            if t < lengths[i]:
-                row = gates[t, i]
-                for g in range(row.shape[0]):
-                    row[g] += b_ih[g]
+    out = gates.reshape((rows, gates.shape[2]))
+    product(x.reshape((rows, x.shape[2])), w_ih_t, out, blas)
+    for r in range(rows):
+        for g in range(out.shape[1]):
+            out[r, g] += b_ih[g]
 
 
 @register_jitable

@@ -10,14 +10,7 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._recurrence import (
-    chunk_gradients,
-    crosses_border,
-    output_grad,
-    project_inputs,
-    product,
-    step_slots,
-)
+from ._recurrence import chunk_gradients, crosses_border, output_grad, product, project_inputs, step_slots
 from .activations import drelu, dtanh, relu, tanh
 
 #: Gate blocks per layer, and state buffers (h) after the gates in a tape.
@@ -75,7 +68,7 @@ def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reve
     for k in prange(n_chunks):
         fpu = flush_denormals()
         chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        project_inputs(x[k], w_ih_t, b_ih, gates[k], chunk_lengths, blas)
+        project_inputs(x[k], w_ih_t, b_ih, gates[k], blas)
         rec = np.empty((chunk, hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
