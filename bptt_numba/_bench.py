@@ -2,8 +2,8 @@
 
 Usage::
 
-    bptt-numba bench [--threads N] [--repeat R] [--quick]
-    python benchmarks/compare_torch.py [--threads N] [--repeat R] [--quick]
+    bptt-numba bench [--threads N] [--repeat R] [--quick | --scaling]
+    python benchmarks/compare_torch.py [--threads N] [--repeat R] [--quick | --scaling]
 
 The same step on both sides: forward, MSE on the last step, backward through
 time, global-norm gradient clipping (1.0), one Adam update; float32; the same
@@ -17,6 +17,10 @@ torch/ours (above 1: we are faster), our GFLOP/s counted as
 ``6 * G * H * (D + H) * B * T`` per step (G = 4/3/1 for LSTM/GRU/RNN), and the
 machine's float32 GEMM rate at the same thread count as the ceiling.  Torch
 is optional: without it only our side is measured.
+
+``--scaling`` times one larger case instead at 1, 2, 4, ... threads up to
+``--threads``, with each side's speed-up and our parallel efficiency, beside
+what the machine allows (`product_ms`).
 """
 
 import argparse
@@ -28,8 +32,11 @@ import time
 
 import numba
 import numpy as np
+from numba import prange
 
+from ._config import kernel
 from ._kernels import optim
+from ._kernels._recurrence import matmul
 from .network import Network
 from .training import _Adam
 
@@ -46,6 +53,8 @@ GRID = [
     ("lstm", 64, 1, 500, 4),
 ]
 QUICK_GRID = [row for row in GRID if row[1] * row[2] * row[3] <= 64 * 64 * 100]
+#: The case whose training step is timed at 1, 2, 4, ... threads (``--scaling``).
+SCALING_CASE = ("lstm", 128, 256, 100, 32)
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
@@ -124,8 +133,8 @@ def gemm_gflops(threads, n=2048, repeat=10):
     return 2 * n**3 / min(seconds) / 1e9
 
 
-def measure(side, threads, repeat, grid):
-    """Timings of one side, in this process: (step ms per row, latency ms per cell)."""
+def measure(side, threads, repeat, grid, latency=True):
+    """Timings of one side, in this process: (step ms per row, latency ms per cell, if ``latency``)."""
     if side == "torch":
         import torch
 
@@ -143,16 +152,18 @@ def measure(side, threads, repeat, grid):
     for cell, hidden, batch, n_steps, features in grid:
         flops = 6 * GATES[cell] * hidden * (features + hidden) * batch * n_steps
         steps.append(median_ms(build(cell, hidden, batch, n_steps, features)[0], max(3, min(repeat, int(2e10 / flops)))))
-    latency = {cell: median_ms(build(cell, 64, 1, 100, 8)[1], repeat) for cell in GATES}
+    latency = {cell: median_ms(build(cell, 64, 1, 100, 8)[1], repeat) for cell in GATES} if latency else {}
     return {"steps": steps, "latency": latency, "layer": numba.threading_layer() if side == "ours" else None}
 
 
-def run_side(side, args):
-    """`measure` in a fresh process; None if that side cannot run."""
-    command = [sys.executable, "-m", "bptt_numba._bench", "--side", side, "--threads", str(args.threads),
-               "--repeat", str(args.repeat)]
+def run_side(side, args, threads=None):
+    """`measure` in a fresh process (at ``threads``, default ``args.threads``); None if that side cannot run."""
+    command = [sys.executable, "-m", "bptt_numba._bench", "--side", side,
+               "--threads", str(threads or args.threads), "--repeat", str(args.repeat)]
     if args.quick:
         command.append("--quick")
+    if args.scaling:
+        command.append("--scaling")
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         if side == "torch" and "No module named 'torch'" in result.stderr:
@@ -161,8 +172,8 @@ def run_side(side, args):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _best_of_rounds(args):
-    """Both sides in ``args.rounds`` alternating processes.
+def _best_of_rounds(args, threads=None):
+    """Both sides in ``args.rounds`` alternating processes (at ``threads``, default ``args.threads``).
 
     Returns
     -------
@@ -174,7 +185,7 @@ def _best_of_rounds(args):
     for _ in range(args.rounds):
         for side, results in runs.items():
             if results != [None]:  # [None]: torch is not installed
-                results.append(run_side(side, args))
+                results.append(run_side(side, args, threads))
     return _best(runs["ours"]), _best(runs["torch"])
 
 
@@ -193,6 +204,8 @@ def add_arguments(parser):
     parser.add_argument("--repeat", type=int, default=20, help="timed steps per case (median reported)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating processes per side (best median kept)")
     parser.add_argument("--quick", action="store_true", help="only the small rows")
+    parser.add_argument("--scaling", action="store_true",
+                        help="time one case (LSTM H=128 B=256 T=100 D=32) at 1, 2, 4, ... up to --threads threads")
     parser.add_argument("--side", choices=["ours", "torch"], help=argparse.SUPPRESS)
 
 
@@ -206,7 +219,12 @@ def run(args):
     """Measure both sides (each in its own process) and print the table."""
     grid = QUICK_GRID if args.quick else GRID
     if args.side:
-        print(json.dumps(measure(args.side, args.threads, args.repeat, grid)))
+        if args.scaling:
+            grid = [SCALING_CASE]
+        print(json.dumps(measure(args.side, args.threads, args.repeat, grid, latency=not args.scaling)))
+        return
+    if args.scaling:
+        print_scaling(args)
         return
     import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba calls: list it too)
     from threadpoolctl import threadpool_info
@@ -235,6 +253,70 @@ def run(args):
         ms = mine["latency"][cell]
         theirs_ms = other["latency"][cell] if other else float("nan")
         print(f"{cell:5} ours {ms:7.3f}  torch {theirs_ms:7.3f}  ratio {theirs_ms / ms:5.2f}")
+
+
+@kernel(parallel=True)
+def _repeated_products(a, b, out, repeat):
+    """Each task repeats one chunk's recurrent product on its own data."""
+    for k in prange(a.shape[0]):
+        for _ in range(repeat):
+            matmul(a[k], b, out[k])
+
+
+def product_ms(threads, repeat=400):
+    """Time of `_repeated_products` with one task per thread (best of 10, ms).
+
+    The task is the time loop's product of an LSTM H=128 chunk, (16, 128) @
+    (128, 512), on data in the core's cache: no memory traffic, no
+    synchronisation but the region's end.  ``product_ms(1) / product_ms(n)``
+    is the parallel efficiency this machine allows at ``n`` threads (1.0 when
+    ``n`` busy cores each run as fast as one alone; turbo clocks and shared
+    cores lower it).
+    """
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((threads, 16, 128)).astype(np.float32)
+        b = rng.standard_normal((128, 512)).astype(np.float32)
+        out = np.empty((threads, 16, 512), dtype=np.float32)
+        _repeated_products(a, b, out, repeat)
+        seconds = []
+        for _ in range(10):
+            start = time.perf_counter()
+            _repeated_products(a, b, out, repeat)
+            seconds.append(time.perf_counter() - start)
+        return 1e3 * min(seconds)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def thread_counts(limit):
+    """1, 2, 4, ... up to ``limit``, and ``limit`` itself."""
+    counts = [1 << k for k in range(limit.bit_length()) if 1 << k < limit]
+    return counts + [limit]
+
+
+def print_scaling(args):
+    """The scaling curve of `SCALING_CASE`: each side's best median per thread count.
+
+    Beside it, ``machine``: the efficiency `product_ms` measures at each
+    thread count, the most a compute-bound kernel can reach there.
+    """
+    cell, hidden, batch, steps, features = SCALING_CASE
+    print(f"# {cell} H={hidden} B={batch} T={steps} D={features}, best of {args.rounds} rounds; "
+          f"numba {numba.__version__}, {platform.machine()}")
+    print(f"{'threads':>7} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'ours x':>7} {'eff':>5} {'torch x':>8} "
+          f"{'machine':>8}")
+    base = {}
+    for threads in thread_counts(args.threads):
+        mine, other = _best_of_rounds(args, threads)
+        ms = {"ours": mine["steps"][0], "torch": other["steps"][0] if other else float("nan")}
+        base = base or ms
+        speedup = base["ours"] / ms["ours"]
+        print(f"{threads:7d} {ms['ours']:9.2f} {ms['torch']:9.2f} {ms['torch'] / ms['ours']:6.2f} "
+              f"{speedup:7.2f} {speedup / threads:5.2f} {base['torch'] / ms['torch']:8.2f} "
+              f"{product_ms(1) / product_ms(threads):8.2f}", flush=True)
 
 
 if __name__ == "__main__":

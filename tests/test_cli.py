@@ -101,6 +101,28 @@ def test_bench_runs_our_side_quickly():
     assert "inference latency" in result.stdout and "lstm" in result.stdout
 
 
+def test_bench_scaling_prints_a_row_per_thread_count():
+    import numba
+
+    from bptt_numba._bench import thread_counts
+
+    threads = min(2, numba.config.NUMBA_NUM_THREADS)
+    result = run("bench", "--scaling", "--threads", threads, "--repeat", "1", "--rounds", "1", timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line[:1] == " "]
+    assert [int(row[0]) for row in rows] == thread_counts(threads)
+    ours_ms, efficiency, machine = (np.array([float(row[i]) for row in rows]) for i in (1, 5, 7))
+    assert np.all(ours_ms > 0) and efficiency[0] == 1.0 and np.all(machine > 0)
+
+
+@pytest.mark.parametrize("counts", [(1, [1]), (2, [1, 2]), (12, [1, 2, 4, 8, 12]), (16, [1, 2, 4, 8, 16])])
+def test_thread_counts_double_up_to_the_limit(counts):
+    from bptt_numba._bench import thread_counts
+
+    limit, expected = counts
+    assert thread_counts(limit) == expected
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
 def test_examples_run(script, tmp_path):
     if script == "classify_digits.py":
