@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import naive
-from bptt_numba._kernels import activations, layers, losses
+from bptt_numba._kernels import _recurrence, activations, layers, losses
 from problems import relative_error
 
 def _layer_case(cell, seed=0):
@@ -192,3 +192,37 @@ def test_denormals_are_flushed_inside_kernels_only():
     inside, outside = products(tiny, np.array([1e-20], np.float32), np.array([2e-20], np.float32))
     assert inside == 0.0  # 1e-40 is denormal in float32: flushed
     assert outside == np.float32(1e-20) * np.float32(2e-20) != 0.0
+
+
+@pytest.mark.parametrize("n_chunks", [2, 3, 16])
+def test_sum_shares_adds_in_chunk_order_on_any_thread_count(n_chunks):
+    rng = np.random.default_rng(n_chunks)
+    shares = rng.standard_normal((n_chunks, 2 * _recurrence.SUM_BLOCK + 37)).astype(np.float32)
+    expected = shares[0].copy()
+    for share in shares[1:]:
+        expected += share
+    previous = numba.get_num_threads()
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            work = shares.copy()
+            _recurrence.sum_shares(work)
+            np.testing.assert_array_equal(work[0], expected)
+            np.testing.assert_array_equal(work[1:], shares[1:])
+    finally:
+        numba.set_num_threads(previous)
+
+
+@numba.njit
+def _compiled_matmul(a, b, out):
+    _recurrence.matmul(a, b, out)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 7, 3), (16, 64, 256), (3, 130, 9)])
+def test_matmul_matches_numpy_with_any_remainders(shape):
+    m, k, n = shape
+    rng = np.random.default_rng(k)
+    a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+    out = np.full((m, n), np.nan)
+    _compiled_matmul(a, b, out)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-12, atol=1e-12)

@@ -14,6 +14,7 @@ import numpy as np
 
 from .._config import LARGE_WEIGHTS
 from . import elman, gru, lstm
+from ._recurrence import sum_shares
 
 CELLS = {"rnn": elman, "lstm": lstm, "gru": gru}
 KERNELS = {
@@ -170,16 +171,7 @@ def backward(
         x, w_ih, w_hh, gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, *shares, dh_sq,
         _large(w_hh),
     )
-    return (dx if need_dx else None), tuple(_sum_in_order(share) for share in shares)
-
-
-def _sum_in_order(shares):
-    """Sum per-chunk shares one after another, in chunk order, into the first.
-
-    In place: the shares are scratch, and a copy of the weights' size per
-    parameter would add to the peak memory of a step.
-    """
-    total = shares[0]
-    for share in shares[1:]:
-        total += share
-    return total
+    if n_chunks > 1:
+        for share in shares:
+            sum_shares(share.reshape((n_chunks, -1)))
+    return (dx if need_dx else None), tuple(share[0] for share in shares)
