@@ -1,5 +1,9 @@
 """Kernel-level suites: one training step (forward + BPTT) and the forward pass."""
 
+import numba
+
+from bptt_numba._bench import SCALING_CASE
+
 from .common import make_batch, make_network, warm_up
 
 
@@ -58,3 +62,25 @@ class TruncatedStep:
 
     def peakmem_loss_and_grad(self, truncate, n_steps):
         self.net.loss_and_grad_vector(self.X, self.y, truncate=truncate)
+
+
+class Threads:
+    """The head-to-head's scaling case (LSTM H=128 B=256 T=100 D=32) over Numba threads.
+
+    Thread counts beyond the machine's are skipped.
+    """
+
+    params = ([1, 2, 4, 8, 16],)
+    param_names = ["threads"]
+
+    def setup(self, threads):
+        if threads > numba.config.NUMBA_NUM_THREADS:
+            raise NotImplementedError(f"{threads} threads: this machine allows {numba.config.NUMBA_NUM_THREADS}")
+        numba.set_num_threads(threads)
+        cell, hidden, batch, n_steps, n_features = SCALING_CASE
+        self.net = make_network(cell, hidden, n_features)
+        self.X, self.y = make_batch(batch, n_steps, n_features)
+        warm_up(self.net)
+
+    def time_loss_and_grad(self, threads):
+        self.net.loss_and_grad_vector(self.X, self.y)
