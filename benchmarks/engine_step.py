@@ -48,7 +48,7 @@ def first_call_seconds(args, cache_dir):
 def activation_bytes(cell, hidden, batch, steps, itemsize):
     """Bytes of the tape backpropagation must keep: gates, states and the cell's extra buffer."""
     module = layers.CELLS[cell]
-    kept = steps * module.N_GATES * hidden + (steps + 1) * hidden + math.prod(module.aux_shape(1, steps, 1, hidden))
+    kept = steps * module.N_GATES * hidden + (steps + 1) * hidden + math.prod(module.aux_shape(1, steps, 1, hidden, steps))
     return kept * batch * itemsize
 
 

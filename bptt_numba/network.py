@@ -271,7 +271,7 @@ class Network:
         batch = self._batch(X, lengths, state, output)
         # Forward kernels with small weights call no BLAS (`_recurrence.matmul`): BLAS is left alone.
         with kernel_section(batch.blas_threads if batch.blas_threads > 1 else None):
-            tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state)
+            tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state, tape=False)
         chunk = batch.x.shape[2]
         true_lengths = batch.lengths[: batch.n_samples]
         if output == "last":
@@ -596,8 +596,8 @@ class Network:
         return d_top, out_steps
 
     # ------------------------------------------------------------ layer stack
-    def _forward_layers(self, x, lengths, state, masks=None, workspace=None):
-        """Unroll every layer of a chunk-major batch.
+    def _forward_layers(self, x, lengths, state, masks=None, workspace=None, tape=True):
+        """Unroll every layer of a chunk-major batch (``tape``: see `layers.forward`).
 
         Returns
         -------
@@ -621,7 +621,7 @@ class Network:
                 directions.append(
                     layers.forward(
                         self.cell, layer_input, w_ih, b_ih, w_hh, b_hh, state[layer][direction], lengths,
-                        direction == 1, use_relu, workspace, (layer, direction),
+                        direction == 1, use_relu, workspace, (layer, direction), tape,
                     )
                 )
             tapes.append((layer_input, directions))

@@ -10,10 +10,10 @@ import naive
 from bptt_numba._kernels import _recurrence, activations, layers, losses
 from problems import relative_error
 
-def _layer_case(cell, seed=0):
+def _layer_case(cell, seed=0, n_steps=6):
     """One layer's weights and a batch of 4 samples in 2 chunks of 2."""
     rng = np.random.default_rng(seed)
-    n_steps, batch, n_in, hidden = 6, 4, 3, 5
+    batch, n_in, hidden = 4, 3, 5
     n_gates = layers.CELLS[cell].N_GATES
     params = naive.CellParams(
         rng.uniform(-0.7, 0.7, (n_gates * hidden, n_in)),
@@ -22,7 +22,7 @@ def _layer_case(cell, seed=0):
         rng.uniform(-0.5, 0.5, n_gates * hidden),
     )
     x = rng.normal(size=(batch, n_steps, n_in))
-    lengths = np.array([6, 1, 4, 6], dtype=np.int64)
+    lengths = np.array([n_steps, 1, 4, n_steps], dtype=np.int64)
     state0 = tuple(rng.normal(size=(batch, hidden)) for _ in range(layers.CELLS[cell].N_STATE))
     return params, x, lengths, state0
 
@@ -38,18 +38,21 @@ def _unchunked(a):
     return a.transpose(0, 2, 1, 3).reshape((4,) + a.shape[1:2] + a.shape[3:])
 
 
-def _run_forward(cell, nonlinearity, params, x, lengths, state0, reverse):
+def _run_forward(cell, nonlinearity, params, x, lengths, state0, reverse, tape=True):
     return layers.forward(
         cell, _chunked(x), params.W_ih, params.b_ih, params.W_hh, params.b_hh,
-        tuple(_chunked(s) for s in state0), lengths, reverse, nonlinearity == "relu",
+        tuple(_chunked(s) for s in state0), lengths, reverse, nonlinearity == "relu", tape=tape,
     )
 
 
 @pytest.mark.parametrize("cell, nonlinearity", [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_forward_wrapper_matches_reference_steps(cell, nonlinearity, reverse):
-    params, x, lengths, state0 = _layer_case(cell)
-    tape = _run_forward(cell, nonlinearity, params, x, lengths, state0, reverse)
+@pytest.mark.parametrize("keep_gates, n_steps", [(True, 6), (False, 6), (False, 19)])
+def test_forward_wrapper_matches_reference_steps(cell, nonlinearity, reverse, keep_gates, n_steps, monkeypatch):
+    monkeypatch.setattr(layers, "ROLLING_GATES", 0)  # roll these small gates too
+    params, x, lengths, state0 = _layer_case(cell, n_steps=n_steps)
+    tape = _run_forward(cell, nonlinearity, params, x, lengths, state0, reverse, keep_gates)
+    assert tape[0].shape[1] == (n_steps if keep_gates else min(n_steps, _recurrence.PROJECTED_STEPS))
     h = _unchunked(tape[1])
     for b in range(x.shape[0]):
         state = tuple(s[b] for s in state0)
@@ -226,3 +229,32 @@ def test_matmul_matches_numpy_with_any_remainders(shape):
     out = np.full((m, n), np.nan)
     _compiled_matmul(a, b, out)
     np.testing.assert_allclose(out, a @ b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_inference_states_equal_the_training_tapes_bitwise(cell, reverse, monkeypatch):
+    monkeypatch.setattr(layers, "ROLLING_GATES", 0)
+    params, x, lengths, state0 = _layer_case(cell, n_steps=19)
+    x32 = x.astype(np.float32)
+    params32 = type(params)(*(a.astype(np.float32) for a in params))
+    state32 = tuple(s.astype(np.float32) for s in state0)
+    kept = _run_forward(cell, "tanh", params32, x32, lengths, state32, reverse, tape=True)
+    rolled = _run_forward(cell, "tanh", params32, x32, lengths, state32, reverse, tape=False)
+    assert rolled[0].shape[1] == _recurrence.PROJECTED_STEPS
+    np.testing.assert_array_equal(kept[1], rolled[1])
+    if cell == "lstm":
+        np.testing.assert_array_equal(kept[2], rolled[2])
+
+
+@pytest.mark.parametrize("batch, kept", [(2, 20), (128, _recurrence.PROJECTED_STEPS)])
+def test_inference_keeps_the_gates_of_small_batches_only(batch, kept):
+    rng = np.random.default_rng(0)
+    hidden, n_steps, n_in = 64, 20, 3
+    x = rng.standard_normal((batch // 2, n_steps, 2, n_in)).astype(np.float32)
+    w_ih, w_hh = (rng.standard_normal((4 * hidden, n)).astype(np.float32) * 0.1 for n in (n_in, hidden))
+    bias = np.zeros(4 * hidden, np.float32)
+    state = tuple(np.zeros((batch // 2, 2, hidden), np.float32) for _ in range(2))
+    lengths = np.full(batch, n_steps, np.int64)
+    gates = layers.forward("lstm", x, w_ih, bias, w_hh, bias, state, lengths, False, tape=False)[0]
+    assert gates.shape[1] == kept

@@ -170,6 +170,42 @@ def project_inputs(x, w_ih_t, b_ih, gates, blas):
             out[r, g] += b_ih[g]
 
 
+#: Steps of a gate buffer that does not keep every step (`project_step`).
+PROJECTED_STEPS = 8
+
+
+@register_jitable
+def project_step(x, w_ih_t, b_ih, gates, t, reverse):
+    """The slot of step ``t`` in a buffer of `PROJECTED_STEPS` gate rows.
+
+    Such a buffer (large batches at inference, small weights: see
+    ``layers.forward``) is filled block by block, blocks aligned in time, as
+    the first step of a block in processing order starts.  A tape of every
+    step is projected before the time loop instead, in one product (called
+    for each step, this function made one-sequence calls 10% slower).  Rows
+    are computed alike either way (see `matmul`), so the results are too.
+
+    Parameters
+    ----------
+    x : ndarray of shape (T, C, D)
+    w_ih_t, b_ih
+        As for `project_inputs`.
+    gates : ndarray of shape (PROJECTED_STEPS, C, G)
+    t : int
+    reverse : bool
+
+    Returns
+    -------
+    int
+    """
+    n_steps = x.shape[0]
+    start = t - t % PROJECTED_STEPS
+    stop = min(start + PROJECTED_STEPS, n_steps)
+    if t == (stop - 1 if reverse else start):
+        project_inputs(x[start:stop], w_ih_t, b_ih, gates[: stop - start], False)
+    return t - start
+
+
 @register_jitable
 def output_grad(dh_out, out_steps, no_grad, k, t, i):
     """d loss / d output of sample ``i`` of chunk ``k`` at step ``t``.

@@ -10,7 +10,9 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._recurrence import chunk_gradients, crosses_border, output_grad, product, project_inputs, step_slots
+from ._recurrence import (
+    chunk_gradients, crosses_border, output_grad, product, project_inputs, project_step, step_slots,
+)
 from .activations import drelu, dtanh, relu, tanh
 
 #: Gate blocks per layer, and state buffers (h) after the gates in a tape.
@@ -18,7 +20,7 @@ N_GATES = 1
 N_STATE = 1
 
 
-def aux_shape(n_chunks, n_steps, chunk, hidden):
+def aux_shape(n_chunks, n_steps, chunk, hidden, kept):
     """The Elman cell needs no buffer beside its states."""
     return (0, 0, 0, 0)
 
@@ -54,8 +56,10 @@ def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reve
     ----------
     x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, blas
         As for `lstm_forward` (with H gates).
-    gates : ndarray of shape (K, T, C, H)
-        Written: the input projection (the backward pass needs only states).
+    gates : ndarray of shape (K, T, C, H), or (K, P, C, H)
+        Written: the input projection (every step's or the last few steps',
+        as for `lstm_forward`; the backward pass needs only the states, and
+        uses this buffer for its gradients).
     h : ndarray of shape (K, T + 1, C, H)
         Hidden states, the initial one in its slot.
     unused : ndarray
@@ -65,19 +69,22 @@ def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reve
     """
     n_chunks, n_steps, chunk, _ = x.shape
     hidden = w_hh_t.shape[0]
+    tape = gates.shape[1] == n_steps
     for k in prange(n_chunks):
         fpu = flush_denormals()
         chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        project_inputs(x[k], w_ih_t, b_ih, gates[k], blas)
+        if tape:
+            project_inputs(x[k], w_ih_t, b_ih, gates[k], blas)
         rec = np.empty((chunk, hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
+            g = t if tape else project_step(x[k], w_ih_t, b_ih, gates[k], t, reverse)
             product(h[k, prev], w_hh_t, rec, blas)
             for i in range(chunk):
                 if t >= chunk_lengths[i]:
                     h[k, new, i] = h[k, prev, i]
                     continue
-                _cell_forward(gates[k, t, i], rec[i], b_hh, h[k, new, i], use_relu)
+                _cell_forward(gates[k, g, i], rec[i], b_hh, h[k, new, i], use_relu)
         restore_fpu(fpu)
 
 

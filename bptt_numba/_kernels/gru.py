@@ -17,7 +17,9 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._recurrence import chunk_gradients, crosses_border, output_grad, product, project_inputs, step_slots
+from ._recurrence import (
+    chunk_gradients, crosses_border, output_grad, product, project_inputs, project_step, step_slots,
+)
 from .activations import dsigmoid, dtanh, one_minus, sigmoid, tanh
 
 #: Gate blocks per layer, and state buffers (h) after the gates in a tape.
@@ -25,9 +27,9 @@ N_GATES = 3
 N_STATE = 1
 
 
-def aux_shape(n_chunks, n_steps, chunk, hidden):
-    """Shape of the recurrent-side buffer ``rec``."""
-    return (n_chunks, n_steps, chunk, 3 * hidden)
+def aux_shape(n_chunks, n_steps, chunk, hidden, kept):
+    """Shape of the recurrent-side buffer ``rec``: ``kept`` steps, like the gates."""
+    return (n_chunks, kept, chunk, 3 * hidden)
 
 
 @register_jitable
@@ -99,28 +101,32 @@ def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, 
     ----------
     x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, use_relu, blas
         As for `lstm_forward` (with 3H gates).
-    gates : ndarray of shape (K, T, C, 3H)
-        Written: the gates r, z, n.
+    gates : ndarray of shape (K, T, C, 3H), or (K, P, C, 3H)
+        Written: the gates r, z, n (every step's or the last few steps', as
+        for `lstm_forward`).
     h : ndarray of shape (K, T + 1, C, H)
         Hidden states, the initial one in its slot.
-    rec : ndarray of shape (K, T, C, 3H)
+    rec : ndarray with the shape of ``gates``
         Written: ``W_hn h + b_hn`` in its last third, for the backward pass.
     """
     n_chunks, n_steps, chunk, _ = x.shape
     hidden = w_hh_t.shape[0]
+    tape = gates.shape[1] == n_steps
     for k in prange(n_chunks):
         fpu = flush_denormals()
         chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        project_inputs(x[k], w_ih_t, b_ih, gates[k], blas)
+        if tape:
+            project_inputs(x[k], w_ih_t, b_ih, gates[k], blas)
         step_rec = np.empty((chunk, 3 * hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
+            g = t if tape else project_step(x[k], w_ih_t, b_ih, gates[k], t, reverse)
             product(h[k, prev], w_hh_t, step_rec, blas)
             for i in range(chunk):
                 if t >= chunk_lengths[i]:
                     h[k, new, i] = h[k, prev, i]
                     continue
-                _cell_forward(gates[k, t, i], step_rec[i], b_hh, h[k, prev, i], h[k, new, i], _blocks(rec[k, t, i])[2])
+                _cell_forward(gates[k, g, i], step_rec[i], b_hh, h[k, prev, i], h[k, new, i], _blocks(rec[k, g, i])[2])
         restore_fpu(fpu)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._config import LARGE_WEIGHTS
 from . import elman, gru, lstm
-from ._recurrence import sum_shares
+from ._recurrence import PROJECTED_STEPS, sum_shares
 
 CELLS = {"rnn": elman, "lstm": lstm, "gru": gru}
 KERNELS = {
@@ -45,6 +45,13 @@ def _buffer(workspace, key, shape, dtype):
     return array
 
 
+#: Gates larger than this (bytes) are not kept at inference.  Smaller ones
+#: are, and are projected in one product: blocks of a few steps made a
+#: one-sequence LSTM forward pass 8% slower (12 us of 180), while for 256
+#: sequences (LSTM H=128, T=100: 52 MB of gates) they made it 13-19% faster.
+ROLLING_GATES = 1 << 20
+
+
 def _large(w_hh):
     """Whether a layer's products go to BLAS (see ``_recurrence.product``)."""
     return w_hh.nbytes > LARGE_WEIGHTS
@@ -62,7 +69,7 @@ def _transposed(w, large):
 
 
 def forward(
-    cell, x, w_ih, b_ih, w_hh, b_hh, state0, lengths, reverse, use_relu=False, workspace=None, key=()
+    cell, x, w_ih, b_ih, w_hh, b_hh, state0, lengths, reverse, use_relu=False, workspace=None, key=(), tape=True
 ):
     """Unroll one layer direction.
 
@@ -84,6 +91,11 @@ def forward(
         it until the next call with the same ``key``.
     key : tuple
         Names this layer direction's buffers in ``workspace``.
+    tape : bool, default=True
+        Keep every step's gates for `backward`.  Without (inference), gates
+        over `ROLLING_GATES` bytes with small weights live in a buffer of a
+        few steps (``_recurrence.project_step``): an LSTM layer then takes a
+        third of the memory, a GRU layer a seventh.
 
     Returns
     -------
@@ -93,13 +105,17 @@ def forward(
     module = CELLS[cell]
     n_chunks, n_steps, chunk, _ = x.shape
     hidden = w_hh.shape[1]
-    gates = _buffer(workspace, ("gates",) + key, (n_chunks, n_steps, chunk, module.N_GATES * hidden), x.dtype)
+    large = _large(w_hh)
+    width = module.N_GATES * hidden
+    kept = n_steps
+    if not (tape or large) and n_chunks * n_steps * chunk * width * x.itemsize > ROLLING_GATES:
+        kept = min(n_steps, PROJECTED_STEPS)
+    gates = _buffer(workspace, ("gates",) + key, (n_chunks, kept, chunk, width), x.dtype)
     h = _buffer(workspace, ("h",) + key, (n_chunks, n_steps + 1, chunk, hidden), x.dtype)
-    aux = _buffer(workspace, ("aux",) + key, module.aux_shape(n_chunks, n_steps, chunk, hidden), x.dtype)
+    aux = _buffer(workspace, ("aux",) + key, module.aux_shape(n_chunks, n_steps, chunk, hidden, kept), x.dtype)
     slot = n_steps if reverse else 0
     for buffer, initial in zip((h, aux), state0):
         buffer[:, slot] = initial
-    large = _large(w_hh)
     w_ih_t, w_hh_t = _transposed(w_ih, large), _transposed(w_hh, large)
     _check_buffers(x, b_ih, b_hh, gates, h, aux)
     KERNELS[cell, "forward"](x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux, lengths, reverse, use_relu, large)

@@ -22,7 +22,9 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._recurrence import chunk_gradients, crosses_border, output_grad, product, project_inputs, step_slots
+from ._recurrence import (
+    chunk_gradients, crosses_border, output_grad, product, project_inputs, project_step, step_slots,
+)
 from .activations import dsigmoid, dtanh, sigmoid, tanh
 
 #: Gate blocks per layer, and state buffers (h, c) after the gates in a tape.
@@ -30,8 +32,8 @@ N_GATES = 4
 N_STATE = 2
 
 
-def aux_shape(n_chunks, n_steps, chunk, hidden):
-    """Shape of the cell-state buffer ``c``."""
+def aux_shape(n_chunks, n_steps, chunk, hidden, kept):
+    """Shape of the cell-state buffer ``c`` (every step's, whatever the gates keep)."""
     return (n_chunks, n_steps + 1, chunk, hidden)
 
 
@@ -104,8 +106,10 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
         Weights: the transposes of PyTorch's, (D, 4H) and (H, 4H), both
         C- or both F-ordered (see ``layers._transposed``), then the biases
         (4H,).
-    gates : ndarray of shape (K, T, C, 4H)
-        Written: the activated gates i, f, g, o, kept for the backward pass.
+    gates : ndarray of shape (K, T, C, 4H), or (K, P, C, 4H)
+        Written: the activated gates i, f, g, o, kept for the backward pass;
+        the last few steps' only with ``P`` < T slots (inference with small
+        weights: ``_recurrence.project_step``).
     h, c : ndarray of shape (K, T + 1, C, H)
         Hidden and cell states; the initial state must be in its slot, the
         other slots are written.
@@ -122,20 +126,23 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
     """
     n_chunks, n_steps, chunk, _ = x.shape
     hidden = w_hh_t.shape[0]
+    tape = gates.shape[1] == n_steps
     for k in prange(n_chunks):
         fpu = flush_denormals()
         chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        project_inputs(x[k], w_ih_t, b_ih, gates[k], blas)
+        if tape:
+            project_inputs(x[k], w_ih_t, b_ih, gates[k], blas)
         rec = np.empty((chunk, 4 * hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
+            g = t if tape else project_step(x[k], w_ih_t, b_ih, gates[k], t, reverse)
             product(h[k, prev], w_hh_t, rec, blas)
             for i in range(chunk):
                 if t >= chunk_lengths[i]:
                     h[k, new, i] = h[k, prev, i]
                     c[k, new, i] = c[k, prev, i]
                     continue
-                _cell_forward(gates[k, t, i], rec[i], b_hh, c[k, prev, i], c[k, new, i], h[k, new, i])
+                _cell_forward(gates[k, g, i], rec[i], b_hh, c[k, prev, i], c[k, new, i], h[k, new, i])
         restore_fpu(fpu)
 
 
