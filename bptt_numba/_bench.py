@@ -133,8 +133,8 @@ def gemm_gflops(threads, n=2048, repeat=10):
     return 2 * n**3 / min(seconds) / 1e9
 
 
-def measure(side, threads, repeat, grid, latency=True):
-    """Timings of one side, in this process: (step ms per row, latency ms per cell, if ``latency``)."""
+def measure(side, threads, repeat, grid, with_latency=True):
+    """Timings of one side, in this process: (step ms per row, latency ms per cell if ``with_latency``)."""
     if side == "torch":
         import torch
 
@@ -152,7 +152,7 @@ def measure(side, threads, repeat, grid, latency=True):
     for cell, hidden, batch, n_steps, features in grid:
         flops = 6 * GATES[cell] * hidden * (features + hidden) * batch * n_steps
         steps.append(median_ms(build(cell, hidden, batch, n_steps, features)[0], max(3, min(repeat, int(2e10 / flops)))))
-    latency = {cell: median_ms(build(cell, 64, 1, 100, 8)[1], repeat) for cell in GATES} if latency else {}
+    latency = {cell: median_ms(build(cell, 64, 1, 100, 8)[1], repeat) for cell in GATES} if with_latency else {}
     return {"steps": steps, "latency": latency, "layer": numba.threading_layer() if side == "ours" else None}
 
 
@@ -221,7 +221,7 @@ def run(args):
     if args.side:
         if args.scaling:
             grid = [SCALING_CASE]
-        print(json.dumps(measure(args.side, args.threads, args.repeat, grid, latency=not args.scaling)))
+        print(json.dumps(measure(args.side, args.threads, args.repeat, grid, with_latency=not args.scaling)))
         return
     if args.scaling:
         print_scaling(args)

@@ -182,7 +182,7 @@ def project_step(x, w_ih_t, b_ih, gates, t, reverse):
     ``layers.forward``) is filled block by block, blocks aligned in time, as
     the first step of a block in processing order starts.  A tape of every
     step is projected before the time loop instead, in one product (called
-    for each step, this function made one-sequence calls 10% slower).  Rows
+    for each step, this function made one-sequence calls 8-15% slower).  Rows
     are computed alike either way (see `matmul`), so the results are too.
 
     Parameters
@@ -253,7 +253,6 @@ def chunk_gradients(x, h_prev, d_in, d_rec, w_ih, g_w_ih, g_w_hh, g_b_ih, g_b_hh
             g_b_hh[g] += d_rec2[r, g]
     if dx.size:
         np.dot(d_in2, w_ih, dx.reshape((rows, dx.shape[2])))
-
 
 
 @kernel(parallel=True)
