@@ -85,8 +85,9 @@ def main():
     net = Network(args.features, (args.hidden,), cell=args.cell, dtype=args.dtype, random_state=0)
     X = rng.standard_normal((args.batch, args.steps, args.features)).astype(args.dtype)
     y = rng.standard_normal((args.batch, 1)).astype(args.dtype)
-    # Compile on another network first: the compiler's allocations are not the step's.
-    Network(args.features, (args.hidden,), cell=args.cell, dtype=args.dtype).loss_and_grad_vector(X[:2, :3], y[:2])
+    # Compile on another network first, with as many chunks (the shares' sum runs only with
+    # several): the compiler's allocations are not the step's.
+    Network(args.features, (args.hidden,), cell=args.cell, dtype=args.dtype).loss_and_grad_vector(X[:, :3], y)
     peak = first_step_peak_bytes(net, X, y)
     kept = activation_bytes(args.cell, args.hidden, args.batch, args.steps, np.dtype(args.dtype).itemsize)
     step = median_ms(lambda: net.loss_and_grad_vector(X, y), args.repeat)
