@@ -110,11 +110,12 @@ class Network:
         self._weights = self.unflatten(self.params)
 
     def _workspace(self):
-        """This thread's reusable buffers for the training passes.
+        """This thread's reusable buffers for the passes.
 
-        Reusing them step after step saves the page faults of fresh
+        Reusing them call after call saves the page faults of fresh
         multi-megabyte arrays (see ``layers``); one set per thread, so
-        concurrent calls on one network never share them.
+        concurrent calls on one network never share them.  An inference
+        pass leaves at most `INFERENCE_SCRATCH` bytes of them (`_trim`).
         """
         scratch = self.__dict__.get("_scratch")
         if scratch is None:
@@ -269,9 +270,10 @@ class Network:
             continues them exactly (unidirectional networks).
         """
         batch = self._batch(X, lengths, state, output)
+        workspace = self._workspace()
         # Forward kernels with small weights call no BLAS (`_recurrence.matmul`): BLAS is left alone.
         with kernel_section(batch.blas_threads if batch.blas_threads > 1 else None):
-            tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state, tape=False)
+            tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state, workspace=workspace, tape=False)
         chunk = batch.x.shape[2]
         true_lengths = batch.lengths[: batch.n_samples]
         if output == "last":
@@ -280,7 +282,9 @@ class Network:
             b_idx, t_idx = np.nonzero(val.valid_mask(true_lengths, batch.n_steps))
             Y = np.zeros((batch.n_samples, batch.n_steps, self.n_outputs), dtype=self.dtype)
             Y[b_idx, t_idx] = self._head(top[b_idx // chunk, t_idx, b_idx % chunk])
-        return Y, self._user_state(self._final_states(tapes), batch.n_samples)
+        final_state = self._user_state(self._final_states(tapes), batch.n_samples)
+        _trim(workspace)
+        return Y, final_state
 
     def loss(self, X, y, lengths=None, loss="mse", output="last", state=None, sample_weight=None):
         """Loss of a batch, without gradients (a forward pass only).
@@ -751,6 +755,20 @@ class _Result(NamedTuple):
     final_state: list
     input_grad: np.ndarray  # or None
     flow: np.ndarray  # or None
+
+
+#: Bytes of buffers a thread keeps after an inference pass.  Kept, they
+#: made LSTM forward passes (H=128, T=100) 24-25% faster here with B=32 (776
+#: page faults a call without) and 13-15% with B=256, bitwise the same; a
+#: cap, since a prediction over a whole data set would otherwise hold its
+#: buffers for the model's lifetime.
+INFERENCE_SCRATCH = 64 << 20
+
+
+def _trim(workspace):
+    """Drop every buffer of ``workspace`` if together they pass `INFERENCE_SCRATCH`."""
+    if sum(buffer.nbytes for buffer in workspace.values()) > INFERENCE_SCRATCH:
+        workspace.clear()
 
 
 def _direction_output(h, reverse):

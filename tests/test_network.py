@@ -194,6 +194,31 @@ def test_a_prediction_does_not_depend_on_the_rest_of_the_batch(cell, hidden):
     check(net.forward(X[5:6])[0], Y[5:6])
 
 
+def test_inference_reuses_its_buffers_up_to_a_cap(monkeypatch):
+    """Predictions of several batch sizes share one set of buffers (grown,
+    not kept per shape), give what fresh buffers give, and a pass whose
+    buffers pass the cap leaves none behind."""
+    import bptt_numba.network as network_module
+    from bptt_numba._kernels import layers
+
+    net = Network(4, (32, 16), cell="lstm", random_state=0)
+    X = np.random.default_rng(0).standard_normal((64, 40, 4)).astype(np.float32)
+    expected = {n: net.forward(X[:n], output="sequence")[0] for n in (40, 64)}
+    fresh = Network(4, (32, 16), cell="lstm", random_state=0)
+    fresh._workspace = dict  # a new, empty workspace at every call
+    workspace = net._workspace()
+    sizes = [buffer.size for buffer in workspace.values()]
+    assert sizes and max(sizes) * 4 >= layers.REUSED_BUFFERS
+    kept = {key: id(buffer) for key, buffer in workspace.items()}
+    for n in (40, 64, 17):
+        np.testing.assert_array_equal(net.forward(X[:n], output="sequence")[0], fresh.forward(X[:n], output="sequence")[0])
+    np.testing.assert_array_equal(expected[40], fresh.forward(X[:40], output="sequence")[0])
+    assert {key: id(buffer) for key, buffer in net._workspace().items()} == kept
+    monkeypatch.setattr(network_module, "INFERENCE_SCRATCH", 0)
+    np.testing.assert_array_equal(net.forward(X, output="sequence")[0], expected[64])
+    assert not net._workspace()
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_float32_agrees_with_float64(cell):
     net64, X, y, lengths, _ = make_problem(cell, hidden_sizes=(8,), n_steps=10, lengths=[10, 6, 9])
