@@ -115,7 +115,8 @@ class Network:
         Reusing them call after call saves the page faults of fresh
         multi-megabyte arrays (see ``layers``); one set per thread, so
         concurrent calls on one network never share them.  An inference
-        pass leaves at most `INFERENCE_SCRATCH` bytes of them (`_trim`).
+        pass or a fit leaves at most `INFERENCE_SCRATCH` bytes of them
+        (`_trim_workspace`).
         """
         scratch = self.__dict__.get("_scratch")
         if scratch is None:
@@ -123,6 +124,17 @@ class Network:
         if not hasattr(scratch, "buffers"):
             scratch.buffers = {}
         return scratch.buffers
+
+    def _trim_workspace(self):
+        """Drop this thread's buffers if together they pass `INFERENCE_SCRATCH`.
+
+        Called after an inference pass and at the end of a fit, so that a
+        model keeps no more than that between calls, however large the
+        batches it was trained on or asked to predict.
+        """
+        workspace = self._workspace()
+        if sum(buffer.nbytes for buffer in workspace.values()) > INFERENCE_SCRATCH:
+            workspace.clear()
 
     # ------------------------------------------------------------------ layout
     @property
@@ -283,7 +295,7 @@ class Network:
             Y = np.zeros((batch.n_samples, batch.n_steps, self.n_outputs), dtype=self.dtype)
             Y[b_idx, t_idx] = self._head(top[b_idx // chunk, t_idx, b_idx % chunk])
         final_state = self._user_state(self._final_states(tapes), batch.n_samples)
-        _trim(workspace)
+        self._trim_workspace()
         return Y, final_state
 
     def loss(self, X, y, lengths=None, loss="mse", output="last", state=None, sample_weight=None):
@@ -757,18 +769,13 @@ class _Result(NamedTuple):
     flow: np.ndarray  # or None
 
 
-#: Bytes of buffers a thread keeps after an inference pass.  Kept, they
+#: Bytes of buffers a thread keeps after an inference pass or a fit.  Kept, they
 #: made LSTM forward passes (H=128, T=100) 24-25% faster here with B=32 (776
 #: page faults a call without) and 13-15% with B=256, bitwise the same; a
 #: cap, since a prediction over a whole data set would otherwise hold its
 #: buffers for the model's lifetime.
 INFERENCE_SCRATCH = 64 << 20
 
-
-def _trim(workspace):
-    """Drop every buffer of ``workspace`` if together they pass `INFERENCE_SCRATCH`."""
-    if sum(buffer.nbytes for buffer in workspace.values()) > INFERENCE_SCRATCH:
-        workspace.clear()
 
 
 def _direction_output(h, reverse):

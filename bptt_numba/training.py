@@ -257,6 +257,7 @@ class Trainer:
             data, validation = self._validation_split(data, validation_data)
         if self.solver == "lbfgs":
             self._fit_lbfgs(data)
+            self.network._trim_workspace()
             return self
         with _interruptible() as interrupted:
             for _ in range(self.max_iter):
@@ -282,6 +283,7 @@ class Trainer:
             )
         if self.early_stopping and self._best_params is not None:
             self.network.params[:] = self._best_params
+        self.network._trim_workspace()
         return self
 
     def partial_fit(self, X, y, lengths=None, sample_weight=None):

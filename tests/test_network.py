@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import naive
-from bptt_numba import Network
+from bptt_numba import Network, train
 from bptt_numba._config import LARGE_WEIGHTS
 from problems import CELLS, make_problem, relative_error
 
@@ -217,6 +217,8 @@ def test_inference_reuses_its_buffers_up_to_a_cap(monkeypatch):
     monkeypatch.setattr(network_module, "INFERENCE_SCRATCH", 0)
     np.testing.assert_array_equal(net.forward(X, output="sequence")[0], expected[64])
     assert not net._workspace()
+    train(net, X, np.zeros((64, 1), np.float32), max_iter=1, batch_size=64)
+    assert not net._workspace()  # nor does a fit
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
