@@ -68,17 +68,14 @@ def _needs_lock():
 def kernel_section(blas_threads=1):
     """Context for running the kernels: who gets the threads, and thread safety.
 
-    With ``blas_threads=1`` the kernels parallelise over the batch with
-    Numba's threads and call BLAS inside their parallel regions (the weight
-    gradients of a chunk each).  A multithreaded BLAS would oversubscribe
-    the cores, and its threads spin between calls: measured here on 2 cores,
-    an LSTM step went from 25 ms to over 1 s.  So BLAS runs single-threaded
-    and the thread count is Numba's alone.
-
-    With more BLAS threads (one chunk, large weights: see `batch_plan`) it is
-    the other way round: Numba runs its single task on one thread, since
-    its idle threads spin beside BLAS's and slowed an LSTM H=512 step from
-    70 to 91 ms here.
+    With ``blas_threads=1`` the kernels parallelise over the batch (or, for
+    the long products of large weights, over blocks of rows) with Numba's
+    threads, and call BLAS single-threaded inside their parallel regions.
+    A multithreaded BLAS would oversubscribe the cores, and its threads spin
+    between calls: measured here on 2 cores, an LSTM step went from 25 ms to
+    over 1 s, and an LSTM H=512 forward pass whose input projection BLAS ran
+    on both cores took 35-44 ms instead of 19-25.  So BLAS runs
+    single-threaded and the thread count is Numba's alone.
 
     ``blas_threads=None`` is for kernels that call no BLAS (forward passes
     with small weights: ``_kernels._recurrence.matmul`` does their
@@ -87,22 +84,16 @@ def kernel_section(blas_threads=1):
     """
     libraries = _blas_libraries() if blas_threads is not None else []
     previous = [library.get_num_threads() for library in libraries]
-    swap_numba = blas_threads is not None and blas_threads > 1
-    numba_threads = numba.get_num_threads() if swap_numba else None
     try:
         for library, threads in zip(libraries, previous):
             if threads != blas_threads:
                 library.set_num_threads(blas_threads)
-        if swap_numba:
-            numba.set_num_threads(1)
         if _needs_lock():
             with _WORKQUEUE_LOCK:
                 yield
         else:
             yield
     finally:
-        if swap_numba:
-            numba.set_num_threads(numba_threads)
         for library, threads in zip(libraries, previous):
             if threads != blas_threads:
                 library.set_num_threads(threads)
@@ -130,24 +121,26 @@ def _blas_libraries():
 LARGE_WEIGHTS = 1 << 20
 
 
+#: Samples per task with large weights (`batch_plan`).
+LARGE_CHUNK = 4
+
+
 def batch_plan(n_samples, weight_bytes):
-    """How a batch is parallelised: samples per prange task, and BLAS threads.
+    """Samples per prange task: how a batch is parallelised.
 
     Small weights: about 16 tasks of at least 16 samples each (so the
-    per-step products stay efficient), one BLAS thread each; a function of
-    the batch size alone, so results are identical for any thread count.
-    Measured on 2 cores, a training step with chunks of 16 against 8
-    samples: LSTM H=128 B=32 T=100, 25 against 36 ms; GRU H=256 B=32, 57
-    against 84 ms; LSTM H=32 B=32, 2.4 against 4.0 ms.
-    Weights beyond the L2 cache: one task for the whole batch whose GEMMs
-    use all the threads (BLAS splits the weight columns between them), since
-    splitting the batch makes every thread stream all the weights at every
-    step.  Measured, LSTM H=512, B=64, T=100 on 2 cores: 1.19 s per step
-    with chunks of 4 samples; 0.40-0.50 s with one chunk per thread and
-    0.42-0.48 s with this plan, which also keeps the results independent of
-    the thread count and lets BLAS use many cores on one batch.  There a
-    sample's outputs may differ by float32 rounding from one batch to
-    another (see ``_kernels._recurrence.product``).
+    per-step products stay efficient); a function of the batch size alone,
+    so results are identical for any thread count.  Measured on 2 cores, a
+    training step with chunks of 16 against 8 samples: LSTM H=128 B=32
+    T=100, 25 against 36 ms; GRU H=256 B=32, 57 against 84 ms; LSTM H=32
+    B=32, 2.4 against 4.0 ms.
+    Weights beyond the L2 cache: tasks of `LARGE_CHUNK` samples, which
+    stream the recurrent weights from L3 at every step however many samples
+    share them, while the input projection and the weight gradients are
+    whole-batch GEMMs split between the threads by rows
+    (``_kernels.layers``), so that no task packs the weights for a few rows.
+    There a row's rounding in those GEMMs depends on the batch size and
+    the thread count.
 
     Parameters
     ----------
@@ -157,9 +150,8 @@ def batch_plan(n_samples, weight_bytes):
 
     Returns
     -------
-    chunk : int
-    blas_threads : int
+    int
     """
     if weight_bytes > LARGE_WEIGHTS:
-        return n_samples, numba.get_num_threads()
-    return min(n_samples, max(16, -(-n_samples // 16))), 1
+        return min(n_samples, LARGE_CHUNK)
+    return min(n_samples, max(16, -(-n_samples // 16)))

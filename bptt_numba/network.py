@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _validation as val
-from ._config import batch_plan, kernel_section
+from ._config import LARGE_WEIGHTS, batch_plan, kernel_section
 from ._kernels import layers, losses
 
 _LOSS_KERNELS = {
@@ -284,7 +284,7 @@ class Network:
         batch = self._batch(X, lengths, state, output)
         workspace = self._workspace()
         # Forward kernels with small weights call no BLAS (`_recurrence.matmul`): BLAS is left alone.
-        with kernel_section(batch.blas_threads if batch.blas_threads > 1 else None):
+        with kernel_section(1 if batch.large else None):
             tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state, workspace=workspace, tape=False)
         chunk = batch.x.shape[2]
         true_lengths = batch.lengths[: batch.n_samples]
@@ -481,7 +481,7 @@ class Network:
         value = 0.0
         input_grads, flows = [], []
         state_now = batch.state
-        with kernel_section(batch.blas_threads):
+        with kernel_section():
             for t0, t1, cut in segments:
                 x = batch.x if len(segments) == 1 else np.ascontiguousarray(batch.x[:, t0:t1])
                 seg_lengths = batch.lengths if len(segments) == 1 else np.clip(batch.lengths - t0, 0, t1 - t0)
@@ -729,11 +729,11 @@ class Network:
             state, self.hidden_sizes, self.n_directions, self._kernels.N_STATE, n_samples, self.dtype
         )
         largest = max(self._kernels.N_GATES * size * size for size in self.hidden_sizes) * self.dtype.itemsize
-        chunk, blas_threads = batch_plan(n_samples, largest)
+        chunk = batch_plan(n_samples, largest)
         x = np.ascontiguousarray(_to_chunks(X, chunk).transpose(0, 2, 1, 3))
         chunked_state = [[tuple(_to_chunks(a, chunk) for a in parts) for parts in layer] for layer in split_state]
         padded_lengths = _to_chunks(lengths, chunk).reshape(-1)
-        return _Batch(x, padded_lengths, chunked_state, n_samples, n_steps, blas_threads)
+        return _Batch(x, padded_lengths, chunked_state, n_samples, n_steps, largest > LARGE_WEIGHTS)
 
 
 class _Batch(NamedTuple):
@@ -744,7 +744,7 @@ class _Batch(NamedTuple):
     state: list
     n_samples: int
     n_steps: int
-    blas_threads: int  # see _config.batch_plan
+    large: bool  # some layer calls BLAS in its forward pass: see _config.batch_plan
 
 
 class _Objective(NamedTuple):

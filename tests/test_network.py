@@ -180,9 +180,9 @@ def test_results_do_not_depend_on_thread_count(cell):
 def test_a_prediction_does_not_depend_on_the_rest_of_the_batch(cell, hidden):
     """Bitwise, in float32, for small weights: BLAS rounds a row of a product
     by its position in a call, which would make a sample's output depend on
-    its batch-mates (scikit-learn checks this).  H=300 takes the one-chunk
-    plan for large weights, which multiplies whole batches: equal up to
-    rounding there."""
+    its batch-mates (scikit-learn checks this).  H=300 takes the plan for
+    large weights, whose input projection is a whole-batch BLAS product
+    split by rows: equal up to rounding there."""
     net = Network(8, (hidden,), cell=cell, random_state=0)
     X = np.random.default_rng(0).standard_normal((40, 5, 8)).astype(np.float32)
     order = np.random.default_rng(1).permutation(40)
@@ -444,24 +444,46 @@ def test_loss_without_gradient_equals_loss_and_grad(output, loss):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
-@pytest.mark.parametrize("cell, hidden", [("lstm", 200), ("gru", 240), ("rnn", 400)])
-def test_large_weights_take_the_blas_threaded_plan_and_agree(cell, hidden):
-    """Beyond the L2 cache the batch is one chunk, BLAS is threaded and reads
-    the transposed weights in place: the results still agree across thread
-    counts (and with the reference)."""
-    net, X, y, lengths, _ = make_problem(cell, hidden_sizes=(hidden,), n_samples=6, n_steps=5, lengths=[5, 3, 5, 2, 4, 5])
-    assert net.get_weights()["weight_hh_l0"].nbytes > LARGE_WEIGHTS
+@pytest.mark.parametrize(
+    "cell, hidden_sizes, bidirectional, output, truncate",
+    [
+        ("lstm", (200,), False, "last", None),
+        ("gru", (240, 6), True, "sequence", None),
+        ("rnn", (400,), False, "sequence", 2),
+        ("lstm", (5, 200), False, "last", 3),
+    ],
+)
+def test_large_weights_take_the_whole_batch_plan_and_agree(cell, hidden_sizes, bidirectional, output, truncate):
+    """Beyond the L2 cache the input projection and the weight gradients are
+    whole-batch GEMMs split between the threads, around the kernels: the
+    results, the input gradient included, agree with the reference and
+    across thread counts, in stacks that mix large and small layers."""
+    net, X, y, lengths, _ = make_problem(
+        cell, hidden_sizes=hidden_sizes, bidirectional=bidirectional, output=output, n_samples=6, n_steps=5,
+        lengths=[5, 3, 5, 2, 4, 5],
+    )
+    assert max(w.nbytes for name, w in net.get_weights().items() if name.startswith("weight_hh")) > LARGE_WEIGHTS
     previous = numba.get_num_threads()
     try:
-        numba.set_num_threads(1)
-        one = net.loss_and_grad_vector(X, y, lengths)
-        numba.set_num_threads(2)
-        two = net.loss_and_grad_vector(X, y, lengths)
+        results = []
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            results.append(
+                net._backprop(X, y, lengths, "mse", output, truncate, None, None, 0, 0.0, None, need_input_grad=True)
+            )
     finally:
         numba.set_num_threads(previous)
-    assert relative_error(one[1], two[1]) < 1e-10
-    ref = naive.naive_loss_and_grad(net.get_weights(), X, y, lengths, **_model(net))[1]
-    assert relative_error(two[1], np.concatenate([ref[k].ravel() for k in net.parameter_shapes])) < 1e-10
+    one, two = results
+    assert relative_error(one.grad, two.grad) < 1e-10
+    value, grads, dX = naive.naive_loss_and_grad(
+        net.get_weights(), X, y, lengths, **_model(net), output=output, truncate=truncate
+    )
+    assert two.loss == pytest.approx(value, rel=1e-12)
+    assert relative_error(two.grad, np.concatenate([grads[k].ravel() for k in net.parameter_shapes])) < 1e-10
+    assert relative_error(two.input_grad, dX) < 1e-10
+    Y, _ = net.forward(X, lengths, output=output)
+    Y_ref, _ = naive.naive_forward(net.get_weights(), X, lengths, **_model(net), output=output)
+    np.testing.assert_allclose(Y, Y_ref, rtol=1e-12, atol=1e-12)
 
 
 def test_reused_buffers_never_leak_between_calls_or_threads():

@@ -11,13 +11,16 @@ from numba.extending import register_jitable
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
 from ._recurrence import (
-    chunk_gradients, crosses_border, output_grad, product, project_inputs, project_step, step_slots,
+    chunk_gradients, crosses_border, matmul, output_grad, project_inputs, project_step, step_slots,
 )
 from .activations import drelu, dtanh, relu, tanh
 
 #: Gate blocks per layer, and state buffers (h) after the gates in a tape.
 N_GATES = 1
 N_STATE = 1
+#: Whether the backward kernel leaves d loss / d (W_hh h + b_hh) in the aux
+#: buffer (the GRU's ``rec``), or in the gates with the input side's.
+RECURRENT_GRADIENT_IN_AUX = False
 
 
 def aux_shape(n_chunks, n_steps, chunk, hidden, kept):
@@ -49,12 +52,12 @@ def _cell_backward(da, h_new, dh, dh_out, use_relu):
 
 
 @kernel(parallel=True)
-def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reverse, use_relu, blas):
+def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reverse, use_relu, large):
     """Unroll an Elman layer over time.
 
     Parameters
     ----------
-    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, blas
+    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, large
         As for `lstm_forward` (with H gates).
     gates : ndarray of shape (K, T, C, H), or (K, P, C, H)
         Written: the input projection (every step's or the last few steps',
@@ -73,13 +76,13 @@ def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reve
     for k in prange(n_chunks):
         fpu = flush_denormals()
         chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        if tape:
-            project_inputs(x[k], w_ih_t, b_ih, gates[k], blas)
+        if tape and not large:
+            project_inputs(x[k], w_ih_t, b_ih, gates[k])
         rec = np.empty((chunk, hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
             g = t if tape else project_step(x[k], w_ih_t, b_ih, gates[k], t, reverse)
-            product(h[k, prev], w_hh_t, rec, blas)
+            matmul(h[k, prev], w_hh_t, rec)
             for i in range(chunk):
                 if t >= chunk_lengths[i]:
                     h[k, new, i] = h[k, prev, i]
@@ -90,13 +93,13 @@ def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reve
 
 @kernel(parallel=True)
 def elman_backward(
-    x, w_ih, w_hh, gates, h, unused, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq, blas
+    x, w_ih, w_hh, gates, h, unused, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq, large
 ):
     """Back-propagate through an unrolled Elman layer.
 
     Parameters
     ----------
-    x, w_ih, w_hh, h, unused, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq, blas
+    x, w_ih, w_hh, h, unused, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq, large
         As for `lstm_backward` and `elman_forward`.
     gates : ndarray of shape (K, T, C, H)
         Written: the gradient w.r.t. the pre-activations (zero at padded
@@ -117,7 +120,7 @@ def elman_backward(
             if s > 0:
                 later = t - 1 if reverse else t + 1
                 cut = crosses_border(t, reverse, t_offset, truncate)
-                product(gates[k, later], w_hh, dh_rec, blas)
+                matmul(gates[k, later], w_hh, dh_rec)
             for i in range(chunk):
                 length = lengths[k * chunk + i]
                 if s > 0 and later < length:
@@ -134,5 +137,6 @@ def elman_backward(
                 if record:
                     dh_sq[k, t, i] = squared
         h_prev = h[k, 1:] if reverse else h[k, :-1]
-        chunk_gradients(x[k], h_prev, gates[k], gates[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
+        if not large:
+            chunk_gradients(x[k], h_prev, gates[k], gates[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
         restore_fpu(fpu)

@@ -18,13 +18,16 @@ from numba.extending import register_jitable
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
 from ._recurrence import (
-    chunk_gradients, crosses_border, output_grad, product, project_inputs, project_step, step_slots,
+    chunk_gradients, crosses_border, matmul, output_grad, project_inputs, project_step, step_slots,
 )
 from .activations import dsigmoid, dtanh, one_minus, sigmoid, tanh
 
 #: Gate blocks per layer, and state buffers (h) after the gates in a tape.
 N_GATES = 3
 N_STATE = 1
+#: Whether the backward kernel leaves d loss / d (W_hh h + b_hh) in the aux
+#: buffer (the GRU's ``rec``), or in the gates with the input side's.
+RECURRENT_GRADIENT_IN_AUX = True
 
 
 def aux_shape(n_chunks, n_steps, chunk, hidden, kept):
@@ -94,12 +97,12 @@ def _cell_backward(da, dr, h_prev, dh, dh_out, dh_direct):
 
 
 @kernel(parallel=True)
-def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, use_relu, blas):
+def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, use_relu, large):
     """Unroll a GRU layer over time.
 
     Parameters
     ----------
-    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, use_relu, blas
+    x, w_ih_t, b_ih, w_hh_t, b_hh, lengths, reverse, use_relu, large
         As for `lstm_forward` (with 3H gates).
     gates : ndarray of shape (K, T, C, 3H), or (K, P, C, 3H)
         Written: the gates r, z, n (every step's or the last few steps', as
@@ -115,13 +118,13 @@ def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, 
     for k in prange(n_chunks):
         fpu = flush_denormals()
         chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        if tape:
-            project_inputs(x[k], w_ih_t, b_ih, gates[k], blas)
+        if tape and not large:
+            project_inputs(x[k], w_ih_t, b_ih, gates[k])
         step_rec = np.empty((chunk, 3 * hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
             g = t if tape else project_step(x[k], w_ih_t, b_ih, gates[k], t, reverse)
-            product(h[k, prev], w_hh_t, step_rec, blas)
+            matmul(h[k, prev], w_hh_t, step_rec)
             for i in range(chunk):
                 if t >= chunk_lengths[i]:
                     h[k, new, i] = h[k, prev, i]
@@ -132,13 +135,13 @@ def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, 
 
 @kernel(parallel=True)
 def gru_backward(
-    x, w_ih, w_hh, gates, h, rec, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq, blas
+    x, w_ih, w_hh, gates, h, rec, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq, large
 ):
     """Back-propagate through an unrolled GRU layer.
 
     Parameters
     ----------
-    x, w_ih, w_hh, h, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq, blas
+    x, w_ih, w_hh, h, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq, large
         As for `lstm_backward`.
     gates : ndarray of shape (K, T, C, 3H)
         On entry the gates; on exit the gradient w.r.t. the input-side
@@ -163,7 +166,7 @@ def gru_backward(
             if s > 0:
                 later = t - 1 if reverse else t + 1
                 cut = crosses_border(t, reverse, t_offset, truncate)
-                product(rec[k, later], w_hh, dh_rec, blas)
+                matmul(rec[k, later], w_hh, dh_rec)
             for i in range(chunk):
                 length = lengths[k * chunk + i]
                 if s > 0 and later < length:
@@ -183,5 +186,6 @@ def gru_backward(
                 if record:
                     dh_sq[k, t, i] = squared
         h_prev = h[k, 1:] if reverse else h[k, :-1]
-        chunk_gradients(x[k], h_prev, gates[k], rec[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
+        if not large:
+            chunk_gradients(x[k], h_prev, gates[k], rec[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
         restore_fpu(fpu)

@@ -12,11 +12,12 @@ step (H=128, B=32, T=100).
 
 import math
 
+import numba
 import numpy as np
 
 from .._config import LARGE_WEIGHTS
 from . import elman, gru, lstm
-from ._recurrence import PROJECTED_STEPS, sum_shares
+from ._recurrence import PROJECTED_STEPS, gradient_blocks, project_rows, sum_shares, transpose
 
 CELLS = {"rnn": elman, "lstm": lstm, "gru": gru}
 KERNELS = {
@@ -68,19 +69,23 @@ ROLLING_GATES = 1 << 20
 
 
 def _large(w_hh):
-    """Whether a layer's products go to BLAS (see ``_recurrence.product``)."""
+    """Whether a layer's weights are large (``_config.batch_plan``): whole-batch GEMMs around the kernels."""
     return w_hh.nbytes > LARGE_WEIGHTS
 
 
 def _transposed(w, large):
-    """``w.T`` for the forward kernels.
+    """``w.T``, C-ordered, for ``_recurrence.matmul`` (which reads it row by row).
 
-    Small weights are copied: ``_recurrence.matmul`` reads ``w.T`` row by
-    row.  Large ones (see ``_config.batch_plan``) go to BLAS, which reads
-    the transposed view as it is: a copy of a 2048 x 512 float32 matrix took
-    4.7 ms here, about 15% of an LSTM H=512 B=16 T=25 training step.
+    Large weights are transposed in blocks over the threads
+    (``_recurrence.transpose``): NumPy's copy of a transposed 2048 x 512
+    float32 matrix took 4.6 ms here, about 8% of an LSTM H=512 B=16 T=25
+    training step.
     """
-    return w.T if large else np.ascontiguousarray(w.T)
+    if not large:
+        return np.ascontiguousarray(w.T)
+    out = np.empty(w.shape[::-1], dtype=w.dtype)
+    transpose(w, out)
+    return out
 
 
 def forward(
@@ -131,8 +136,15 @@ def forward(
     slot = n_steps if reverse else 0
     for buffer, initial in zip((h, aux), state0):
         buffer[:, slot] = initial
-    w_ih_t, w_hh_t = _transposed(w_ih, large), _transposed(w_hh, large)
+    w_hh_t = _transposed(w_hh, large)
     _check_buffers(x, b_ih, b_hh, gates, h, aux)
+    if large:
+        project_rows(x.reshape((-1, x.shape[3])), w_ih, b_ih, gates.reshape((-1, width)), numba.get_num_threads())
+        # Projected above: the kernel reads no W_ih^T, and an empty one keeps
+        # it the same compiled specialisation as for small weights.
+        w_ih_t = np.empty((0, width), dtype=x.dtype)
+    else:
+        w_ih_t = _transposed(w_ih, large)
     KERNELS[cell, "forward"](x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux, lengths, reverse, use_relu, large)
     return gates, h, aux
 
@@ -190,9 +202,11 @@ def backward(
     """
     gates, h, aux = tape
     n_chunks = x.shape[0]
+    large = _large(w_hh)
     dx = _buffer(workspace, ("dx",) + key, x.shape if need_dx else (n_chunks, 0, 0, 0), x.dtype)
     shapes = (w_ih.shape, w_hh.shape, w_ih.shape[:1], w_hh.shape[:1])
-    shares = [_buffer(workspace, ("share", i) + key, (n_chunks,) + shape, x.dtype) for i, shape in enumerate(shapes)]
+    n_shares = 1 if large else n_chunks
+    shares = [_buffer(workspace, ("share", i) + key, (n_shares,) + shape, x.dtype) for i, shape in enumerate(shapes)]
     if dh_sq is None:
         dh_sq = np.empty((0, 0, 0), dtype=x.dtype)
     if out_steps is None:
@@ -200,9 +214,25 @@ def backward(
     _check_buffers(x, w_ih, w_hh, gates, h, aux, dh_out, dx, *shares, dh_sq)
     KERNELS[cell, "backward"](
         x, w_ih, w_hh, gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, *shares, dh_sq,
-        _large(w_hh),
+        large,
     )
-    if n_chunks > 1:
+    if large:
+        _whole_batch_gradients(CELLS[cell], x, w_ih, gates, h, aux, reverse, dx, shares)
+    elif n_chunks > 1:
         for share in shares:
             sum_shares(share.reshape((n_chunks, -1)))
     return (dx if need_dx else None), tuple(share[0] for share in shares)
+
+
+def _whole_batch_gradients(module, x, w_ih, gates, h, aux, reverse, dx, shares):
+    """The weight and input gradients of large weights, over the whole batch (``_recurrence.gradient_blocks``)."""
+    rows = x.shape[0] * x.shape[1] * x.shape[2]
+    d_rec = aux if module.RECURRENT_GRADIENT_IN_AUX else gates
+    # The states each step read, without the chunks' extra slot: one copy
+    # of the states, against GEMMs over them and four times their width.
+    h_prev = np.ascontiguousarray(h[:, 1:] if reverse else h[:, :-1])
+    gradient_blocks(
+        x.reshape((rows, x.shape[3])), h_prev.reshape((rows, h.shape[3])), gates.reshape((rows, gates.shape[3])),
+        d_rec.reshape((rows, gates.shape[3])), w_ih, *(share[0] for share in shares),
+        dx.reshape((dx.shape[0] * dx.shape[1] * dx.shape[2], dx.shape[3])), numba.get_num_threads(),
+    )

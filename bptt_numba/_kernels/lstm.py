@@ -11,9 +11,10 @@ Gate blocks are stacked in PyTorch's order i, f, g, o::
 
 Buffers are chunk-major (see ``_recurrence``); each chunk of samples is one
 ``prange`` task: one product for its input projection, one small recurrent
-product per step (``_recurrence.product``) followed by the fused gate math,
+product per step (``_recurrence.matmul``) followed by the fused gate math,
 and after the backward sweep its weight gradients as BLAS GEMMs over all its
-steps.
+steps.  With large weights the projection and the weight gradients are
+whole-batch products instead, done around the kernels (``layers``).
 """
 
 import numpy as np
@@ -23,13 +24,16 @@ from numba.extending import register_jitable
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
 from ._recurrence import (
-    chunk_gradients, crosses_border, output_grad, product, project_inputs, project_step, step_slots,
+    chunk_gradients, crosses_border, matmul, output_grad, project_inputs, project_step, step_slots,
 )
 from .activations import dsigmoid, dtanh, sigmoid, tanh
 
 #: Gate blocks per layer, and state buffers (h, c) after the gates in a tape.
 N_GATES = 4
 N_STATE = 2
+#: Whether the backward kernel leaves d loss / d (W_hh h + b_hh) in the aux
+#: buffer (the GRU's ``rec``), or in the gates with the input side's.
+RECURRENT_GRADIENT_IN_AUX = False
 
 
 def aux_shape(n_chunks, n_steps, chunk, hidden, kept):
@@ -95,7 +99,7 @@ def _cell_backward(da, c_prev, c_new, dh, dc, dh_out):
 
 
 @kernel(parallel=True)
-def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, use_relu, blas):
+def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, use_relu, large):
     """Unroll an LSTM layer over time.
 
     Parameters
@@ -103,9 +107,9 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
     x : ndarray of shape (K, T, C, D)
         Layer input.
     w_ih_t, b_ih, w_hh_t, b_hh : ndarray
-        Weights: the transposes of PyTorch's, (D, 4H) and (H, 4H), both
-        C- or both F-ordered (see ``layers._transposed``), then the biases
-        (4H,).
+        Weights: the transposes of PyTorch's, (D, 4H) and (H, 4H), then the
+        biases (4H,).  ``w_hh_t`` is C-ordered, ``w_ih_t`` too unless
+        ``large`` (see ``layers._transposed``).
     gates : ndarray of shape (K, T, C, 4H), or (K, P, C, 4H)
         Written: the activated gates i, f, g, o, kept for the backward pass;
         the last few steps' only with ``P`` < T slots (inference with small
@@ -120,9 +124,9 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
         layer).
     use_relu : bool
         Unused (uniform signature across cells).
-    blas : bool
-        Multiply with BLAS (large weights: ``_config.batch_plan``), else with
-        ``_recurrence.matmul``.
+    large : bool
+        Weights beyond the L2 cache (``_config.batch_plan``): ``gates``
+        arrives holding the input projection (``_recurrence.project_rows``).
     """
     n_chunks, n_steps, chunk, _ = x.shape
     hidden = w_hh_t.shape[0]
@@ -130,13 +134,13 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
     for k in prange(n_chunks):
         fpu = flush_denormals()
         chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        if tape:
-            project_inputs(x[k], w_ih_t, b_ih, gates[k], blas)
+        if tape and not large:
+            project_inputs(x[k], w_ih_t, b_ih, gates[k])
         rec = np.empty((chunk, 4 * hidden), dtype=gates.dtype)
         for s in range(n_steps):
             t, prev, new = step_slots(s, n_steps, reverse)
             g = t if tape else project_step(x[k], w_ih_t, b_ih, gates[k], t, reverse)
-            product(h[k, prev], w_hh_t, rec, blas)
+            matmul(h[k, prev], w_hh_t, rec)
             for i in range(chunk):
                 if t >= chunk_lengths[i]:
                     h[k, new, i] = h[k, prev, i]
@@ -148,7 +152,7 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
 
 @kernel(parallel=True)
 def lstm_backward(
-    x, w_ih, w_hh, gates, h, c, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq, blas
+    x, w_ih, w_hh, gates, h, c, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, dh_sq, large
 ):
     """Back-propagate through an unrolled LSTM layer.
 
@@ -181,8 +185,9 @@ def lstm_backward(
     dh_sq : ndarray of shape (K, T, C), or empty
         Written when not empty: the squared norm of d loss / d h_t of each
         sample and step (the gradient-flow diagnostic).
-    blas : bool
-        As for `lstm_forward`.
+    large : bool
+        Large weights: the weight gradients are left to
+        ``_recurrence.gradient_blocks`` (``g_w_ih`` ... are not written).
     """
     n_chunks, n_steps, chunk, _ = x.shape
     hidden = w_hh.shape[1]
@@ -202,7 +207,7 @@ def lstm_backward(
                 # recurrent weights of the step processed before it.
                 later = t - 1 if reverse else t + 1
                 cut = crosses_border(t, reverse, t_offset, truncate)
-                product(gates[k, later], w_hh, dh_rec, blas)
+                matmul(gates[k, later], w_hh, dh_rec)
             for i in range(chunk):
                 length = lengths[k * chunk + i]
                 if s > 0 and later < length:
@@ -220,5 +225,6 @@ def lstm_backward(
                 if record:
                     dh_sq[k, t, i] = squared
         h_prev = h[k, 1:] if reverse else h[k, :-1]
-        chunk_gradients(x[k], h_prev, gates[k], gates[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
+        if not large:
+            chunk_gradients(x[k], h_prev, gates[k], gates[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
         restore_fpu(fpu)
