@@ -228,11 +228,8 @@ def _whole_batch_gradients(module, x, w_ih, gates, h, aux, reverse, dx, shares):
     """The weight and input gradients of large weights, over the whole batch (``_recurrence.gradient_blocks``)."""
     rows = x.shape[0] * x.shape[1] * x.shape[2]
     d_rec = aux if module.RECURRENT_GRADIENT_IN_AUX else gates
-    # The states each step read, without the chunks' extra slot: one copy
-    # of the states, against GEMMs over them and four times their width.
-    h_prev = np.ascontiguousarray(h[:, 1:] if reverse else h[:, :-1])
     gradient_blocks(
-        x.reshape((rows, x.shape[3])), h_prev.reshape((rows, h.shape[3])), gates.reshape((rows, gates.shape[3])),
+        x.reshape((rows, x.shape[3])), h, int(reverse), gates.reshape((rows, gates.shape[3])),
         d_rec.reshape((rows, gates.shape[3])), w_ih, *(share[0] for share in shares),
         dx.reshape((dx.shape[0] * dx.shape[1] * dx.shape[2], dx.shape[3])), numba.get_num_threads(),
     )
