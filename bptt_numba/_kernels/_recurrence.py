@@ -181,12 +181,14 @@ def project_rows(x, w, bias, out, blocks):
         function out of the cache).
     """
     for block in prange(blocks):
+        fpu = flush_denormals()
         start = block * x.shape[0] // blocks
         stop = (block + 1) * x.shape[0] // blocks
         if stop > start:
             part = out[start:stop]
             np.dot(x[start:stop], w.T, part)
             _add_bias(part, bias)
+        restore_fpu(fpu)
 
 
 #: Steps of a gate buffer that does not keep every step (`project_step`).
@@ -261,25 +263,17 @@ def chunk_gradients(x, h_prev, d_in, d_rec, w_ih, g_w_ih, g_w_hh, g_b_ih, g_b_hh
     """
     rows = x.shape[0] * x.shape[1]
     d_in2 = d_in.reshape((rows, d_in.shape[2]))
-    _weight_gradients(
-        x.reshape((rows, x.shape[2])), h_prev.reshape((rows, h_prev.shape[2])), d_in2,
-        d_rec.reshape((rows, d_rec.shape[2])), g_w_ih, g_w_hh, g_b_ih, g_b_hh,
-    )
-    if dx.size:
-        np.dot(d_in2, w_ih, dx.reshape((rows, dx.shape[2])))
-
-
-@register_jitable
-def _weight_gradients(x, h_prev, d_in, d_rec, g_w_ih, g_w_hh, g_b_ih, g_b_hh):
-    """``g_w_ih = d_in^T x``, ``g_w_hh = d_rec^T h_prev`` and the bias sums, of 2-D operands."""
-    np.dot(d_in.T, x, g_w_ih)
-    np.dot(d_rec.T, h_prev, g_w_hh)
+    d_rec2 = d_rec.reshape((rows, d_rec.shape[2]))
+    np.dot(d_in2.T, x.reshape((rows, x.shape[2])), g_w_ih)
+    np.dot(d_rec2.T, h_prev.reshape((rows, h_prev.shape[2])), g_w_hh)
     g_b_ih[:] = 0
     g_b_hh[:] = 0
-    for r in range(d_in.shape[0]):
-        for g in range(d_in.shape[1]):
-            g_b_ih[g] += d_in[r, g]
-            g_b_hh[g] += d_rec[r, g]
+    for r in range(rows):
+        for g in range(d_in2.shape[1]):
+            g_b_ih[g] += d_in2[r, g]
+            g_b_hh[g] += d_rec2[r, g]
+    if dx.size:
+        np.dot(d_in2, w_ih, dx.reshape((rows, dx.shape[2])))
 
 
 #: Columns of ``x`` or of the states a `gradient_blocks` product takes at a

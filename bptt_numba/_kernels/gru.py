@@ -185,7 +185,7 @@ def gru_backward(
                 squared = _cell_backward(da, dr, h[k, prev, i], dh[i], dho, dh_direct[i])
                 if record:
                     dh_sq[k, t, i] = squared
-        h_prev = h[k, 1:] if reverse else h[k, :-1]
         if not large:
+            h_prev = h[k, 1:] if reverse else h[k, :-1]
             chunk_gradients(x[k], h_prev, gates[k], rec[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
         restore_fpu(fpu)

@@ -224,7 +224,7 @@ def lstm_backward(
                 squared = _cell_backward(da, c[k, prev, i], c[k, new, i], dh[i], dc[i], dho)
                 if record:
                     dh_sq[k, t, i] = squared
-        h_prev = h[k, 1:] if reverse else h[k, :-1]
         if not large:
+            h_prev = h[k, 1:] if reverse else h[k, :-1]
             chunk_gradients(x[k], h_prev, gates[k], gates[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
         restore_fpu(fpu)
