@@ -777,7 +777,6 @@ class _Result(NamedTuple):
 INFERENCE_SCRATCH = 64 << 20
 
 
-
 def _direction_output(h, reverse):
     """Outputs (K, T, C, H) of one direction from its state buffer."""
     return h[:, :-1] if reverse else h[:, 1:]

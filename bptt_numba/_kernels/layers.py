@@ -144,7 +144,7 @@ def forward(
         # it the same compiled specialisation as for small weights.
         w_ih_t = np.empty((0, width), dtype=x.dtype)
     else:
-        w_ih_t = _transposed(w_ih, large)
+        w_ih_t = _transposed(w_ih, False)
     KERNELS[cell, "forward"](x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux, lengths, reverse, use_relu, large)
     return gates, h, aux
 

@@ -107,9 +107,9 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
     x : ndarray of shape (K, T, C, D)
         Layer input.
     w_ih_t, b_ih, w_hh_t, b_hh : ndarray
-        Weights: the transposes of PyTorch's, (D, 4H) and (H, 4H), then the
-        biases (4H,).  ``w_hh_t`` is C-ordered, ``w_ih_t`` too unless
-        ``large`` (see ``layers._transposed``).
+        Weights: the transposes of PyTorch's, (D, 4H) and (H, 4H),
+        C-ordered (see ``layers._transposed``), then the biases (4H,).
+        ``w_ih_t`` is not read when ``large`` (it may be empty).
     gates : ndarray of shape (K, T, C, 4H), or (K, P, C, 4H)
         Written: the activated gates i, f, g, o, kept for the backward pass;
         the last few steps' only with ``P`` < T slots (inference with small
