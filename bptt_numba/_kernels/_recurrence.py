@@ -14,6 +14,15 @@ keeps its initial state in slot 0 and the state after step ``t`` in slot
 the state after step ``t`` in slot ``t``.  Either way the layer's output at
 step ``t`` and the state it read are contiguous slices of one buffer.
 
+Each kernel's ``prange`` body is one call of the cell's chunk function
+(``_forward_chunk``, ``_backward_chunk``) and little else: Numba's parfor
+passes and the parallel region's lowering then handle a few statements
+instead of the whole time loop.  Measured here, a first LSTM fit compiled in
+17 s instead of 25 s from an empty cache, at the same speed after.  Array
+slices are copied with `copy`, not assigned, for the same reason: an
+assignment between arrays makes Numba compile the formatting of its shape
+error (2-3 s).
+
 The per-sample gate loops take each gate block as its own view and index it
 from 0.  An index such as ``a[hidden + j]`` makes Numba check for a negative
 index at every access, which keeps LLVM from vectorising the loop: measured
@@ -63,6 +72,13 @@ def crosses_border(t, reverse, t_offset, truncate):
         return False
     later = t + t_offset if reverse else t + 1 + t_offset
     return later % truncate == 0
+
+
+@register_jitable
+def copy(src, dst):
+    """``dst[:] = src`` for 1-D arrays of one size (see the module docstring)."""
+    for j in range(dst.shape[0]):
+        dst[j] = src[j]
 
 
 @register_jitable
@@ -228,17 +244,17 @@ def project_step(x, w_ih_t, b_ih, gates, t, reverse):
 
 
 @register_jitable
-def output_grad(dh_out, out_steps, no_grad, k, t, i):
-    """d loss / d output of sample ``i`` of chunk ``k`` at step ``t``.
+def output_grad(dh_out, out_steps, no_grad, t, i):
+    """d loss / d output of sample ``i`` of a chunk at step ``t``.
 
-    ``dh_out`` holds it for every step when ``out_steps`` is empty, else at
-    step ``out_steps[sample]`` only (see ``lstm.lstm_backward``);
+    ``dh_out`` (the chunk's) holds it for every step when ``out_steps`` is
+    empty, else at step ``out_steps[i]`` only (see ``lstm.lstm_backward``);
     ``no_grad`` is a row of zeros.
     """
     if out_steps.size == 0:
-        return dh_out[k, t, i]
-    if out_steps[k * dh_out.shape[2] + i] == t:
-        return dh_out[k, 0, i]
+        return dh_out[t, i]
+    if out_steps[i] == t:
+        return dh_out[0, i]
     return no_grad
 
 
@@ -323,7 +339,8 @@ def gradient_blocks(x, h, offset, d_in, d_rec, w_ih, g_w_ih, g_w_hh, g_b_ih, g_b
             states = np.empty((n_rows, stop - start), dtype=h.dtype)
             for k in range(n_chunks):
                 for t in range(steps):
-                    states[(k * steps + t) * chunk : (k * steps + t + 1) * chunk] = h[k, t + offset, :, start:stop]
+                    for i in range(chunk):
+                        copy(h[k, t + offset, i, start:stop], states[(k * steps + t) * chunk + i])
             _gradient_columns(d_rec, states, g_w_hh, start, stop)
         start = block * n_gates // blocks
         stop = (block + 1) * n_gates // blocks
@@ -349,7 +366,8 @@ def _gradient_columns(d, a, g_w, start, stop):
     """``g_w[:, start:stop] = d^T a`` (``a`` holds those columns, contiguous)."""
     part = np.empty((d.shape[1], stop - start), dtype=g_w.dtype)
     np.dot(d.T, a, part)
-    g_w[:, start:stop] = part
+    for g in range(part.shape[0]):
+        copy(part[g], g_w[g, start:stop])
 
 
 #: Side of the square blocks `transpose` moves.

@@ -18,7 +18,7 @@ from numba.extending import register_jitable
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
 from ._recurrence import (
-    chunk_gradients, crosses_border, matmul, output_grad, project_inputs, project_step, step_slots,
+    chunk_gradients, copy, crosses_border, matmul, output_grad, project_inputs, project_step, step_slots,
 )
 from .activations import dsigmoid, dtanh, one_minus, sigmoid, tanh
 
@@ -112,25 +112,34 @@ def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, 
     rec : ndarray with the shape of ``gates``
         Written: ``W_hn h + b_hn`` in its last third, for the backward pass.
     """
-    n_chunks, n_steps, chunk, _ = x.shape
-    hidden = w_hh_t.shape[0]
-    tape = gates.shape[1] == n_steps
+    n_chunks, chunk = x.shape[0], x.shape[2]
     for k in prange(n_chunks):
         fpu = flush_denormals()
-        chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        if tape and not large:
-            project_inputs(x[k], w_ih_t, b_ih, gates[k])
-        step_rec = np.empty((chunk, 3 * hidden), dtype=gates.dtype)
-        for s in range(n_steps):
-            t, prev, new = step_slots(s, n_steps, reverse)
-            g = t if tape else project_step(x[k], w_ih_t, b_ih, gates[k], t, reverse)
-            matmul(h[k, prev], w_hh_t, step_rec)
-            for i in range(chunk):
-                if t >= chunk_lengths[i]:
-                    h[k, new, i] = h[k, prev, i]
-                    continue
-                _cell_forward(gates[k, g, i], step_rec[i], b_hh, h[k, prev, i], h[k, new, i], _blocks(rec[k, g, i])[2])
+        samples = slice(k * chunk, (k + 1) * chunk)
+        _forward_chunk(
+            x[k], w_ih_t, b_ih, w_hh_t, b_hh, gates[k], h[k], rec[k], lengths[samples], reverse, large,
+        )
         restore_fpu(fpu)
+
+
+@register_jitable
+def _forward_chunk(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, large):
+    """`gru_forward` of one chunk: its task, outside the parallel region's body."""
+    n_steps, chunk, _ = x.shape
+    hidden = w_hh_t.shape[0]
+    tape = gates.shape[0] == n_steps
+    if tape and not large:
+        project_inputs(x, w_ih_t, b_ih, gates)
+    step_rec = np.empty((chunk, 3 * hidden), dtype=gates.dtype)
+    for s in range(n_steps):
+        t, prev, new = step_slots(s, n_steps, reverse)
+        g = t if tape else project_step(x, w_ih_t, b_ih, gates, t, reverse)
+        matmul(h[prev], w_hh_t, step_rec)
+        for i in range(chunk):
+            if t >= lengths[i]:
+                copy(h[prev, i], h[new, i])
+                continue
+            _cell_forward(gates[g, i], step_rec[i], b_hh, h[prev, i], h[new, i], _blocks(rec[g, i])[2])
 
 
 @kernel(parallel=True)
@@ -150,42 +159,52 @@ def gru_backward(
         On entry from `gru_forward`; on exit the gradient w.r.t. the
         recurrent-side pre-activations ``W_hh h + b_hh``.
     """
-    n_chunks, n_steps, chunk, _ = x.shape
-    hidden = w_hh.shape[1]
-    record = dh_sq.size > 0
+    n_chunks, chunk = x.shape[0], x.shape[2]
     for k in prange(n_chunks):
         fpu = flush_denormals()
-        dh = np.zeros((chunk, hidden), dtype=gates.dtype)
-        dh_direct = np.zeros((chunk, hidden), dtype=gates.dtype)
-        dh_rec = np.empty((chunk, hidden), dtype=gates.dtype)
-        no_grad = np.zeros(hidden, dtype=gates.dtype)
-        later = n_steps
-        cut = False
-        for s in range(n_steps):
-            t, prev, new = step_slots(n_steps - 1 - s, n_steps, reverse)
-            if s > 0:
-                later = t - 1 if reverse else t + 1
-                cut = crosses_border(t, reverse, t_offset, truncate)
-                matmul(rec[k, later], w_hh, dh_rec)
-            for i in range(chunk):
-                length = lengths[k * chunk + i]
-                if s > 0 and later < length:
-                    if cut:
-                        dh[i] = 0
-                    else:
-                        for j in range(hidden):
-                            dh[i, j] = dh_rec[i, j] + dh_direct[i, j]
-                da = gates[k, t, i]
-                dr = rec[k, t, i]
-                if t >= length:
-                    da[:] = 0
-                    dr[:] = 0
-                    continue
-                dho = output_grad(dh_out, out_steps, no_grad, k, t, i)
-                squared = _cell_backward(da, dr, h[k, prev, i], dh[i], dho, dh_direct[i])
-                if record:
-                    dh_sq[k, t, i] = squared
+        samples = slice(k * chunk, (k + 1) * chunk)
+        _backward_chunk(
+            w_hh, gates[k], h[k], rec[k], lengths[samples], reverse, truncate, t_offset, dh_out[k], out_steps[samples],
+            dh_sq[k : k + 1],
+        )
         if not large:
             h_prev = h[k, 1:] if reverse else h[k, :-1]
             chunk_gradients(x[k], h_prev, gates[k], rec[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
         restore_fpu(fpu)
+
+
+@register_jitable
+def _backward_chunk(w_hh, gates, h, rec, lengths, reverse, truncate, t_offset, dh_out, out_steps, dh_sq):
+    """`gru_backward`'s sweep back through time over one chunk (``dh_sq``: (1, T, C) or empty)."""
+    n_steps, chunk, _ = gates.shape
+    hidden = w_hh.shape[1]
+    record = dh_sq.size > 0
+    dh = np.zeros((chunk, hidden), dtype=gates.dtype)
+    dh_direct = np.zeros((chunk, hidden), dtype=gates.dtype)
+    dh_rec = np.empty((chunk, hidden), dtype=gates.dtype)
+    no_grad = np.zeros(hidden, dtype=gates.dtype)
+    later = n_steps
+    cut = False
+    for s in range(n_steps):
+        t, prev, new = step_slots(n_steps - 1 - s, n_steps, reverse)
+        if s > 0:
+            later = t - 1 if reverse else t + 1
+            cut = crosses_border(t, reverse, t_offset, truncate)
+            matmul(rec[later], w_hh, dh_rec)
+        for i in range(chunk):
+            if s > 0 and later < lengths[i]:
+                if cut:
+                    dh[i] = 0
+                else:
+                    for j in range(hidden):
+                        dh[i, j] = dh_rec[i, j] + dh_direct[i, j]
+            da = gates[t, i]
+            dr = rec[t, i]
+            if t >= lengths[i]:
+                da[:] = 0
+                dr[:] = 0
+                continue
+            dho = output_grad(dh_out, out_steps, no_grad, t, i)
+            squared = _cell_backward(da, dr, h[prev, i], dh[i], dho, dh_direct[i])
+            if record:
+                dh_sq[0, t, i] = squared

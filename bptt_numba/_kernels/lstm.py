@@ -24,7 +24,7 @@ from numba.extending import register_jitable
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
 from ._recurrence import (
-    chunk_gradients, crosses_border, matmul, output_grad, project_inputs, project_step, step_slots,
+    chunk_gradients, copy, crosses_border, matmul, output_grad, project_inputs, project_step, step_slots,
 )
 from .activations import dsigmoid, dtanh, sigmoid, tanh
 
@@ -128,26 +128,35 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
         Weights beyond the L2 cache (``_config.batch_plan``): ``gates``
         arrives holding the input projection (``_recurrence.project_rows``).
     """
-    n_chunks, n_steps, chunk, _ = x.shape
-    hidden = w_hh_t.shape[0]
-    tape = gates.shape[1] == n_steps
+    n_chunks, chunk = x.shape[0], x.shape[2]
     for k in prange(n_chunks):
         fpu = flush_denormals()
-        chunk_lengths = lengths[k * chunk : (k + 1) * chunk]
-        if tape and not large:
-            project_inputs(x[k], w_ih_t, b_ih, gates[k])
-        rec = np.empty((chunk, 4 * hidden), dtype=gates.dtype)
-        for s in range(n_steps):
-            t, prev, new = step_slots(s, n_steps, reverse)
-            g = t if tape else project_step(x[k], w_ih_t, b_ih, gates[k], t, reverse)
-            matmul(h[k, prev], w_hh_t, rec)
-            for i in range(chunk):
-                if t >= chunk_lengths[i]:
-                    h[k, new, i] = h[k, prev, i]
-                    c[k, new, i] = c[k, prev, i]
-                    continue
-                _cell_forward(gates[k, g, i], rec[i], b_hh, c[k, prev, i], c[k, new, i], h[k, new, i])
+        samples = slice(k * chunk, (k + 1) * chunk)
+        _forward_chunk(
+            x[k], w_ih_t, b_ih, w_hh_t, b_hh, gates[k], h[k], c[k], lengths[samples], reverse, large,
+        )
         restore_fpu(fpu)
+
+
+@register_jitable
+def _forward_chunk(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, large):
+    """`lstm_forward` of one chunk: its task, outside the parallel region's body."""
+    n_steps, chunk, _ = x.shape
+    hidden = w_hh_t.shape[0]
+    tape = gates.shape[0] == n_steps
+    if tape and not large:
+        project_inputs(x, w_ih_t, b_ih, gates)
+    rec = np.empty((chunk, 4 * hidden), dtype=gates.dtype)
+    for s in range(n_steps):
+        t, prev, new = step_slots(s, n_steps, reverse)
+        g = t if tape else project_step(x, w_ih_t, b_ih, gates, t, reverse)
+        matmul(h[prev], w_hh_t, rec)
+        for i in range(chunk):
+            if t >= lengths[i]:
+                copy(h[prev, i], h[new, i])
+                copy(c[prev, i], c[new, i])
+                continue
+            _cell_forward(gates[g, i], rec[i], b_hh, c[prev, i], c[new, i], h[new, i])
 
 
 @kernel(parallel=True)
@@ -189,42 +198,52 @@ def lstm_backward(
         Large weights: the weight gradients are left to
         ``_recurrence.gradient_blocks`` (``g_w_ih`` ... are not written).
     """
-    n_chunks, n_steps, chunk, _ = x.shape
-    hidden = w_hh.shape[1]
-    record = dh_sq.size > 0
+    n_chunks, chunk = x.shape[0], x.shape[2]
     for k in prange(n_chunks):
         fpu = flush_denormals()
-        dh = np.zeros((chunk, hidden), dtype=gates.dtype)
-        dc = np.zeros((chunk, hidden), dtype=gates.dtype)
-        dh_rec = np.empty((chunk, hidden), dtype=gates.dtype)
-        no_grad = np.zeros(hidden, dtype=gates.dtype)
-        later = n_steps
-        cut = False
-        for s in range(n_steps):
-            t, prev, new = step_slots(n_steps - 1 - s, n_steps, reverse)
-            if s > 0:
-                # Gradient reaching the state this step wrote, through the
-                # recurrent weights of the step processed before it.
-                later = t - 1 if reverse else t + 1
-                cut = crosses_border(t, reverse, t_offset, truncate)
-                matmul(gates[k, later], w_hh, dh_rec)
-            for i in range(chunk):
-                length = lengths[k * chunk + i]
-                if s > 0 and later < length:
-                    if cut:
-                        dh[i] = 0
-                        dc[i] = 0
-                    else:
-                        dh[i] = dh_rec[i]
-                da = gates[k, t, i]
-                if t >= length:
-                    da[:] = 0
-                    continue
-                dho = output_grad(dh_out, out_steps, no_grad, k, t, i)
-                squared = _cell_backward(da, c[k, prev, i], c[k, new, i], dh[i], dc[i], dho)
-                if record:
-                    dh_sq[k, t, i] = squared
+        samples = slice(k * chunk, (k + 1) * chunk)
+        _backward_chunk(
+            w_hh, gates[k], c[k], lengths[samples], reverse, truncate, t_offset, dh_out[k], out_steps[samples],
+            dh_sq[k : k + 1],
+        )
         if not large:
             h_prev = h[k, 1:] if reverse else h[k, :-1]
             chunk_gradients(x[k], h_prev, gates[k], gates[k], w_ih, g_w_ih[k], g_w_hh[k], g_b_ih[k], g_b_hh[k], dx[k])
         restore_fpu(fpu)
+
+
+@register_jitable
+def _backward_chunk(w_hh, gates, c, lengths, reverse, truncate, t_offset, dh_out, out_steps, dh_sq):
+    """`lstm_backward`'s sweep back through time over one chunk (``dh_sq``: (1, T, C) or empty)."""
+    n_steps, chunk, _ = gates.shape
+    hidden = w_hh.shape[1]
+    record = dh_sq.size > 0
+    dh = np.zeros((chunk, hidden), dtype=gates.dtype)
+    dc = np.zeros((chunk, hidden), dtype=gates.dtype)
+    dh_rec = np.empty((chunk, hidden), dtype=gates.dtype)
+    no_grad = np.zeros(hidden, dtype=gates.dtype)
+    later = n_steps
+    cut = False
+    for s in range(n_steps):
+        t, prev, new = step_slots(n_steps - 1 - s, n_steps, reverse)
+        if s > 0:
+            # Gradient reaching the state this step wrote, through the
+            # recurrent weights of the step processed before it.
+            later = t - 1 if reverse else t + 1
+            cut = crosses_border(t, reverse, t_offset, truncate)
+            matmul(gates[later], w_hh, dh_rec)
+        for i in range(chunk):
+            if s > 0 and later < lengths[i]:
+                if cut:
+                    dh[i] = 0
+                    dc[i] = 0
+                else:
+                    copy(dh_rec[i], dh[i])
+            da = gates[t, i]
+            if t >= lengths[i]:
+                da[:] = 0
+                continue
+            dho = output_grad(dh_out, out_steps, no_grad, t, i)
+            squared = _cell_backward(da, c[prev, i], c[new, i], dh[i], dc[i], dho)
+            if record:
+                dh_sq[0, t, i] = squared
