@@ -7,7 +7,7 @@ Usage (from the repository root)::
 Each training step of a recurrent layer multiplies a chunk of 16 states by
 the recurrent weights at every time step, ``(16, H) @ (H, G*H)`` forward and
 ``(16, G*H) @ (G*H, H)`` backward.  The kernels do it with
-``_kernels._recurrence.matmul`` (weights up to 1 MiB); Numba's ``np.dot``
+``_kernels._products.matmul``; Numba's ``np.dot``
 calls the BLAS that SciPy ships (through ``scipy.linalg.cython_blas``), which
 may be another OpenBLAS build than NumPy's.  This prints the median time of
 each shape through all three, one thread.
@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from bptt_numba._bench import median_ms
 from bptt_numba._config import kernel
-from bptt_numba._kernels._recurrence import matmul
+from bptt_numba._kernels._products import matmul
 
 SHAPES = [
     (16, 32, 128), (16, 64, 256), (16, 256, 64), (16, 128, 512), (16, 512, 128), (16, 256, 768), (16, 512, 2048),

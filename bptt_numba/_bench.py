@@ -36,7 +36,7 @@ from numba import prange
 
 from ._config import kernel
 from ._kernels import optim
-from ._kernels._recurrence import matmul
+from ._kernels._products import matmul
 from .network import Network
 from .training import _Adam
 

@@ -78,7 +78,7 @@ def kernel_section(blas_threads=1):
     single-threaded and the thread count is Numba's alone.
 
     ``blas_threads=None`` is for kernels that call no BLAS (forward passes
-    with small weights: ``_kernels._recurrence.matmul`` does their
+    with small weights: ``_kernels._products.matmul`` does their
     products); BLAS is left as it is, which saves a one-sequence prediction
     the 5-8 us of setting and restoring its thread counts.
     """

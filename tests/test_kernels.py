@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import naive
-from bptt_numba._kernels import _recurrence, activations, layers, losses
+from bptt_numba._kernels import _products, _recurrence, activations, layers, losses
 from problems import relative_error
 
 def _layer_case(cell, seed=0, n_steps=6):
@@ -218,17 +218,44 @@ def test_sum_shares_adds_in_chunk_order_on_any_thread_count(n_chunks):
 
 @numba.njit
 def _compiled_matmul(a, b, out):
-    _recurrence.matmul(a, b, out)
+    _products.matmul(a, b, out)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 7, 3), (16, 64, 256), (3, 130, 9)])
-def test_matmul_matches_numpy_with_any_remainders(shape):
+# Shapes that take every tile width and tail (columns 3 * 8 + 2 * 8 + 8 + 3
+# in float32), rows left over from the blocks of 4, inner sizes with and
+# without a remainder of 4, and the streamed way (both sizes over 128).
+MATMUL_SHAPES = [(1, 1, 1), (5, 7, 3), (16, 64, 256), (3, 130, 9), (9, 33, 51), (7, 0, 12), (6, 129, 130)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", MATMUL_SHAPES)
+def test_matmul_matches_numpy_with_any_remainders(shape, dtype):
     m, k, n = shape
     rng = np.random.default_rng(k)
-    a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
-    out = np.full((m, n), np.nan)
+    a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    out = np.full((m, n), np.nan, dtype)
     _compiled_matmul(a, b, out)
-    np.testing.assert_allclose(out, a @ b, rtol=1e-12, atol=1e-12)
+    tolerance = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b.astype(np.float64), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", MATMUL_SHAPES)
+def test_matmul_gives_a_row_the_same_bits_alone_or_anywhere_in_a_block(shape, dtype):
+    # Alone a row is streamed; among others it falls in a register tile or
+    # among the rows left over: the bits must not change.
+    m, k, n = shape
+    rng = np.random.default_rng(k)
+    a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    together = np.empty((m, n), dtype)
+    _compiled_matmul(a, b, together)
+    for i in range(m):
+        alone = np.empty((1, n), dtype)
+        _compiled_matmul(np.ascontiguousarray(a[i : i + 1]), b, alone)
+        repeated = np.empty((6, n), dtype)
+        _compiled_matmul(np.ascontiguousarray(np.repeat(a[i : i + 1], 6, axis=0)), b, repeated)
+        np.testing.assert_array_equal(together[i], alone[0])
+        np.testing.assert_array_equal(repeated, np.repeat(alone, 6, axis=0))
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -3,7 +3,7 @@
 The batch is cut into ``K`` chunks of ``C`` samples (the last padded with
 zero-length samples), and every buffer is chunk-major and then time-major:
 ``(K, T, C, features)``.  Each chunk is one ``prange`` task that runs the
-whole time loop of its samples with its own small products (`matmul`), so a
+whole time loop of its samples with its own small products (``_products``), so a
 layer is one parallel region, and every chunk's data are contiguous for
 those products.  The chunking (``_config.batch_plan``) depends on the batch
 and weight sizes, never on the thread count, so neither do the results.
@@ -35,6 +35,7 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
+from ._products import matmul
 
 #: Elements per task of `sum_shares` (16 KiB of float32: the running sum
 #: stays in L1 while the shares stream past it).
@@ -79,74 +80,6 @@ def copy(src, dst):
     """``dst[:] = src`` for 1-D arrays of one size (see the module docstring)."""
     for j in range(dst.shape[0]):
         dst[j] = src[j]
-
-
-@register_jitable
-def matmul(a, b, out):
-    """``out = a @ b`` for the small products of the time loop, without BLAS.
-
-    Four rows of ``a`` and four rows of ``b`` at a time: each load of a row
-    segment of ``b`` feeds 16 multiply-adds, and LLVM vectorises the loop
-    over the columns.  Measured on one core (AVX2) against the OpenBLAS
-    0.3.30 that Numba calls, which packs both operands at every call: a
-    chunk's step (16, 64) @ (64, 256) 7.9 against 15.6 us, (16, 128) @
-    (128, 512) 27.5-29.8 against 59.5-60.0 us, (16, 512) @ (512, 128) 33
-    against 60 us; one sample (1, 64) @ (64, 256) 0.87 against 0.99 us.
-    Long products, such as a whole sequence's input projection, ran
-    5-20% slower than BLAS.
-
-    Every output row is computed by the same arithmetic whatever its
-    position, alone or among others, so a sample's outputs do not depend on
-    the rest of its batch.  BLAS gives no such promise: OpenBLAS rounds a
-    row by its position in the call (16 equal rows gave 3 different
-    results).
-
-    Parameters
-    ----------
-    a : ndarray of shape (M, K), C-ordered
-    b : ndarray of shape (K, N), C-ordered
-    out : ndarray of shape (M, N), C-ordered
-        Written.
-    """
-    n_rows, inner = a.shape
-    inner4 = inner - inner % 4
-    rows4 = n_rows - n_rows % 4
-    out[:] = 0
-    for i in range(0, rows4, 4):
-        o0, o1, o2, o3 = out[i], out[i + 1], out[i + 2], out[i + 3]
-        a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
-        for k in range(0, inner4, 4):
-            b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
-            x00, x01, x02, x03 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
-            x10, x11, x12, x13 = a1[k], a1[k + 1], a1[k + 2], a1[k + 3]
-            x20, x21, x22, x23 = a2[k], a2[k + 1], a2[k + 2], a2[k + 3]
-            x30, x31, x32, x33 = a3[k], a3[k + 1], a3[k + 2], a3[k + 3]
-            for j in range(out.shape[1]):
-                v0, v1, v2, v3 = b0[j], b1[j], b2[j], b3[j]
-                o0[j] += x00 * v0 + x01 * v1 + x02 * v2 + x03 * v3
-                o1[j] += x10 * v0 + x11 * v1 + x12 * v2 + x13 * v3
-                o2[j] += x20 * v0 + x21 * v1 + x22 * v2 + x23 * v3
-                o3[j] += x30 * v0 + x31 * v1 + x32 * v2 + x33 * v3
-        for k in range(inner4, inner):
-            bk = b[k]
-            x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
-            for j in range(out.shape[1]):
-                o0[j] += x0 * bk[j]
-                o1[j] += x1 * bk[j]
-                o2[j] += x2 * bk[j]
-                o3[j] += x3 * bk[j]
-    for i in range(rows4, n_rows):
-        o0, a0 = out[i], a[i]
-        for k in range(0, inner4, 4):
-            b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
-            x00, x01, x02, x03 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
-            for j in range(out.shape[1]):
-                o0[j] += x00 * b0[j] + x01 * b1[j] + x02 * b2[j] + x03 * b3[j]
-        for k in range(inner4, inner):
-            bk = b[k]
-            x0 = a0[k]
-            for j in range(out.shape[1]):
-                o0[j] += x0 * bk[j]
 
 
 @register_jitable

@@ -17,8 +17,9 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
+from ._products import matmul
 from ._recurrence import (
-    chunk_gradients, copy, crosses_border, matmul, output_grad, project_inputs, project_step, step_slots,
+    chunk_gradients, copy, crosses_border, output_grad, project_inputs, project_step, step_slots,
 )
 from .activations import dsigmoid, dtanh, one_minus, sigmoid, tanh
 

@@ -74,7 +74,7 @@ def _large(w_hh):
 
 
 def _transposed(w, large):
-    """``w.T``, C-ordered, for ``_recurrence.matmul`` (which reads it row by row).
+    """``w.T``, C-ordered, for ``_products.matmul`` (which reads it row by row).
 
     Large weights are transposed in blocks over the threads
     (``_recurrence.transpose``): NumPy's copy of a transposed 2048 x 512

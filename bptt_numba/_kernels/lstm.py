@@ -11,7 +11,7 @@ Gate blocks are stacked in PyTorch's order i, f, g, o::
 
 Buffers are chunk-major (see ``_recurrence``); each chunk of samples is one
 ``prange`` task: one product for its input projection, one small recurrent
-product per step (``_recurrence.matmul``) followed by the fused gate math,
+product per step (``_products.matmul``) followed by the fused gate math,
 and after the backward sweep its weight gradients as BLAS GEMMs over all its
 steps.  With large weights the projection and the weight gradients are
 whole-batch products instead, done around the kernels (``layers``).
@@ -23,8 +23,9 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
+from ._products import matmul
 from ._recurrence import (
-    chunk_gradients, copy, crosses_border, matmul, output_grad, project_inputs, project_step, step_slots,
+    chunk_gradients, copy, crosses_border, output_grad, project_inputs, project_step, step_slots,
 )
 from .activations import dsigmoid, dtanh, sigmoid, tanh
 

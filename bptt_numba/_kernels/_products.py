@@ -1,0 +1,230 @@
+"""The small matrix products of the kernels, ``out = a @ b``, without BLAS.
+
+OpenBLAS 0.3.30 (what Numba calls) packs both operands at every call, which
+dominates the products of a time step: (16, 64) @ (64, 256) took 15.6 us in
+BLAS here against 7.9 us in a Numba loop.  `matmul` has two ways:
+
+- register tiles (`_tiled_rows`): a tile of 4 rows of ``out`` by up to 3
+  SIMD vectors stays in registers over the whole inner dimension and is
+  stored once.  They are LLVM vector code written with llvmlite (an
+  ``intrinsic``): Numba disables LLVM's SLP vectoriser, which is what would
+  keep scalar accumulators in vector registers.
+- streamed rows (`_streamed_rows`): each row segment of ``b`` loaded feeds
+  up to 4 rows of ``out``, in a loop over the columns that LLVM vectorises;
+  ``b`` is read in its own order, which is what weights streamed from L3
+  need.
+
+Both compute every output element by the same chain of fused multiply-adds,
+``acc = fma(a[i, k], b[k, j], acc)`` for ``k = 0, 1, ...`` from 0, so a
+row's result does not depend on the way, on the other rows of the call, nor
+on its position among them: a sample's outputs do not depend on the rest of
+its batch.  BLAS gives no such promise (OpenBLAS rounded 16 equal rows 3
+different ways).
+
+Vectors are 32 bytes (8 float32 or 4 float64, AVX2); LLVM splits or widens
+them for other targets.  ``llvm.fma`` is one instruction on CPUs with FMA
+(x86-64 since 2013, ARM64), a library call elsewhere.
+"""
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, register_jitable
+
+from .._config import LARGE_WEIGHTS
+
+#: Bytes of one SIMD vector of the tiles.
+VECTOR_BYTES = 32
+
+#: Inner and column sizes up to which tiles are used (either suffices; see
+#: `matmul`).
+TILED_SIZE = 128
+
+_FLOATS = (types.float32, types.float64)
+
+
+def _fma_function(builder, value_type, dtype, lanes):
+    suffix = "f32" if dtype == types.float32 else "f64"
+    name = f"llvm.fma.{suffix}" if lanes == 1 else f"llvm.fma.v{lanes}{suffix}"
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(value_type, [value_type] * 3), name)
+
+
+@intrinsic
+def fma(typingctx, x, y, z):
+    """``x * y + z`` rounded once (LLVM's ``llvm.fma``), for floats of one type."""
+    if x not in _FLOATS or not x == y == z:
+        return None
+
+    def codegen(context, builder, sig, args):
+        value_type = context.get_value_type(sig.args[0])
+        return builder.call(_fma_function(builder, value_type, sig.args[0], 1), args)
+
+    return x(x, y, z), codegen
+
+
+def _tile(rows, vectors, scalar=False):
+    """An intrinsic ``tile(a, b, out, i0, j0)``: rows ``i0 .. i0 + rows`` of ``out`` over ``vectors`` vectors from column ``j0``.
+
+    One column instead with ``scalar``.  ``a``, ``b`` and ``out`` are 2-D,
+    C-ordered, of one float dtype; the tile must lie inside them (not
+    checked).
+    """
+
+    def typer(typingctx, a, b, out, i0, j0):
+        arrays = (a, b, out)
+        if not all(isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" for x in arrays):
+            return None
+        if a.dtype not in _FLOATS or not a.dtype == b.dtype == out.dtype:
+            return None
+        return types.void(a, b, out, types.intp, types.intp), codegen
+
+    def codegen(context, builder, sig, args):
+        dtype = sig.args[0].dtype
+        a, b, out = (context.make_array(ty)(context, builder, value) for ty, value in zip(sig.args[:3], args[:3]))
+        i0, j0 = args[3], args[4]
+        float_type = context.get_value_type(dtype)
+        size = context.get_abi_sizeof(float_type)
+        lanes = 1 if scalar else VECTOR_BYTES // size
+        value_type = float_type if scalar else ir.VectorType(float_type, lanes)
+        fused = _fma_function(builder, value_type, dtype, lanes)
+        intp = context.get_value_type(types.intp)
+        zero = ir.Constant(float_type, 0.0)
+        zero = zero if scalar else ir.Constant(value_type, [zero] * lanes)
+        sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(rows)]
+
+        def pointer(array, ty, i, j):
+            shape = cgutils.unpack_tuple(builder, array.shape)
+            strides = cgutils.unpack_tuple(builder, array.strides)
+            return cgutils.get_item_pointer2(context, builder, array.data, shape, strides, ty.layout, [i, j])
+
+        def vector_at(start, v):
+            element = builder.gep(start, [ir.Constant(intp, v * lanes)])
+            return element if scalar else builder.bitcast(element, value_type.as_pointer())
+
+        def splat(value):
+            if scalar:
+                return value
+            first = builder.insert_element(ir.Constant(value_type, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+            return builder.shuffle_vector(first, ir.Constant(value_type, ir.Undefined), mask)
+
+        row = [builder.add(i0, ir.Constant(intp, r)) for r in range(rows)]
+        with cgutils.for_range(builder, cgutils.unpack_tuple(builder, a.shape)[1]) as loop:
+            k = loop.index
+            start = pointer(b, sig.args[1], k, j0)
+            b_k = [builder.load(vector_at(start, v), align=size) for v in range(vectors)]
+            for r in range(rows):
+                a_rk = splat(builder.load(pointer(a, sig.args[0], row[r], k)))
+                for v in range(vectors):
+                    builder.store(builder.call(fused, [a_rk, b_k[v], builder.load(sums[r][v])]), sums[r][v])
+        for r in range(rows):
+            start = pointer(out, sig.args[2], row[r], j0)
+            for v in range(vectors):
+                builder.store(builder.load(sums[r][v]), vector_at(start, v), align=size)
+        return context.get_dummy_value()
+
+    return intrinsic(typer)
+
+
+_tile_3 = _tile(4, 3)
+_tile_2 = _tile(4, 2)
+_tile_1 = _tile(4, 1)
+_tile_column = _tile(4, 1, scalar=True)
+
+
+@register_jitable
+def matmul(a, b, out):
+    """``out = a @ b`` for the products of the kernels (see the module docstring).
+
+    Tiles take the blocks of 4 rows when ``b`` has at most `TILED_SIZE`
+    rows or columns (and is not a large weight); streamed rows take the
+    rest.  Measured on one core (AVX2), the best of eleven runs of many
+    calls, microseconds for streamed rows against tiles: (16, 32) @ (32,
+    128) 1.97 against 1.52, (16, 128) @ (128, 32) 2.66 against 1.63, (16,
+    64) @ (64, 256) 6.53 against 5.52, (16, 256) @ (256, 64) 9.11 against
+    6.18, (16, 64) @ (64, 64) 2.19 against 1.38, (448, 28) @ (28, 256) 108
+    against 74, (16, 512) @ (512, 128) 27.8 against 25.7; where both sizes
+    pass 128 the tiles do not gain, (16, 256) @ (256, 256) 29.1 against
+    29.1, (16, 256) @ (256, 768) 97 against 105, and a large weight
+    streamed from L3 needs its rows read in order, (4, 512) @ (512, 2048)
+    153 against 215.  One row is streamed: (1, 64) @ (64, 256) 0.69 us.
+
+    Parameters
+    ----------
+    a : ndarray of shape (M, K), C-ordered
+    b : ndarray of shape (K, N), C-ordered
+    out : ndarray of shape (M, N), C-ordered
+        Written.
+    """
+    n_rows, inner = a.shape
+    n_cols = b.shape[1]
+    tiled = 0
+    if min(inner, n_cols) <= TILED_SIZE and inner * n_cols * b.itemsize <= LARGE_WEIGHTS:
+        tiled = n_rows - n_rows % 4
+        _tiled_rows(a, b, out, tiled)
+    _streamed_rows(a, b, out, tiled)
+
+
+@register_jitable
+def _tiled_rows(a, b, out, stop):
+    """Rows ``0 .. stop`` (a multiple of 4) of ``out = a @ b`` in register tiles, widest first."""
+    n_cols = b.shape[1]
+    lanes = VECTOR_BYTES // out.itemsize
+    for i in range(0, stop, 4):
+        j = 0
+        while j + 3 * lanes <= n_cols:
+            _tile_3(a, b, out, i, j)
+            j += 3 * lanes
+        if j + 2 * lanes <= n_cols:
+            _tile_2(a, b, out, i, j)
+            j += 2 * lanes
+        if j + lanes <= n_cols:
+            _tile_1(a, b, out, i, j)
+            j += lanes
+        while j < n_cols:
+            _tile_column(a, b, out, i, j)
+            j += 1
+
+
+@register_jitable
+def _streamed_rows(a, b, out, start):
+    """Rows ``start ..`` of ``out = a @ b``: four rows of ``a`` by four rows of ``b`` at a time."""
+    n_rows, inner = a.shape
+    inner4 = inner - inner % 4
+    rows4 = start + (n_rows - start) - (n_rows - start) % 4
+    out[start:] = 0
+    for i in range(start, rows4, 4):
+        o0, o1, o2, o3 = out[i], out[i + 1], out[i + 2], out[i + 3]
+        a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
+        for k in range(0, inner4, 4):
+            b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
+            x00, x01, x02, x03 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
+            x10, x11, x12, x13 = a1[k], a1[k + 1], a1[k + 2], a1[k + 3]
+            x20, x21, x22, x23 = a2[k], a2[k + 1], a2[k + 2], a2[k + 3]
+            x30, x31, x32, x33 = a3[k], a3[k + 1], a3[k + 2], a3[k + 3]
+            for j in range(out.shape[1]):
+                v0, v1, v2, v3 = b0[j], b1[j], b2[j], b3[j]
+                o0[j] = fma(x03, v3, fma(x02, v2, fma(x01, v1, fma(x00, v0, o0[j]))))
+                o1[j] = fma(x13, v3, fma(x12, v2, fma(x11, v1, fma(x10, v0, o1[j]))))
+                o2[j] = fma(x23, v3, fma(x22, v2, fma(x21, v1, fma(x20, v0, o2[j]))))
+                o3[j] = fma(x33, v3, fma(x32, v2, fma(x31, v1, fma(x30, v0, o3[j]))))
+        for k in range(inner4, inner):
+            bk = b[k]
+            x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
+            for j in range(out.shape[1]):
+                o0[j] = fma(x0, bk[j], o0[j])
+                o1[j] = fma(x1, bk[j], o1[j])
+                o2[j] = fma(x2, bk[j], o2[j])
+                o3[j] = fma(x3, bk[j], o3[j])
+    for i in range(rows4, n_rows):
+        o0, a0 = out[i], a[i]
+        for k in range(0, inner4, 4):
+            b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
+            x00, x01, x02, x03 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
+            for j in range(out.shape[1]):
+                o0[j] = fma(x03, b3[j], fma(x02, b2[j], fma(x01, b1[j], fma(x00, b0[j], o0[j]))))
+        for k in range(inner4, inner):
+            bk = b[k]
+            x0 = a0[k]
+            for j in range(out.shape[1]):
+                o0[j] = fma(x0, bk[j], o0[j])
