@@ -219,14 +219,12 @@ def check_state(state, hidden_sizes, n_directions, n_state, n_samples, dtype):
 
     Returns
     -------
-    list of list of tuple of ndarray
-        ``[layer][direction]`` -> tuple of ``n_state`` arrays (n_samples, H_l).
+    list of list of tuple of ndarray, or None
+        ``[layer][direction]`` -> tuple of ``n_state`` arrays (n_samples,
+        H_l); None (zeros) for a ``state`` of None.
     """
     if state is None:
-        return [
-            [tuple(np.zeros((n_samples, size), dtype) for _ in range(n_state)) for _ in range(n_directions)]
-            for size in hidden_sizes
-        ]
+        return None
     if not isinstance(state, (list, tuple)) or len(state) != len(hidden_sizes):
         raise ValueError(f"state must be a list with one entry per layer ({len(hidden_sizes)})")
     split = []

@@ -575,7 +575,9 @@ class Network:
         dx = self._backward_layers(
             tapes, lengths, d_top, out_steps, truncate, t0, grads, need_input_grad, masks, flow, workspace
         )
-        return value, self._final_states(tapes), None if dx is None else dx.copy()
+        # Copies: the next segment's pass reuses the tapes' buffers.
+        final = [[tuple(part.copy() for part in parts) for parts in layer] for layer in self._final_states(tapes)]
+        return value, final, None if dx is None else dx.copy()
 
     def _top_gradient(self, d_features, b_idx, t_idx, shape, output):
         """d loss / d top layer output, per direction, for `layers.backward`.
@@ -615,6 +617,9 @@ class Network:
     def _forward_layers(self, x, lengths, state, masks=None, workspace=None, tape=True):
         """Unroll every layer of a chunk-major batch (``tape``: see `layers.forward`).
 
+        ``state`` is ``[layer][direction] -> tuple`` of (K, C, H) arrays, or
+        None for zeros.
+
         Returns
         -------
         tapes : list
@@ -634,10 +639,11 @@ class Network:
             directions = []
             for direction in range(self.n_directions):
                 w_ih, w_hh, b_ih, b_hh = self._layer_weights(self._weights, layer, direction)
+                initial = None if state is None else state[layer][direction]
                 directions.append(
                     layers.forward(
-                        self.cell, layer_input, w_ih, b_ih, w_hh, b_hh, state[layer][direction], lengths,
-                        direction == 1, use_relu, workspace, (layer, direction), tape,
+                        self.cell, layer_input, w_ih, b_ih, w_hh, b_hh, initial, lengths, direction == 1, use_relu,
+                        workspace, (layer, direction), tape,
                     )
                 )
             tapes.append((layer_input, directions))
@@ -692,7 +698,7 @@ class Network:
     def _last_features(self, top_layer, b_idx, t_idx, chunk):
         """Head input of "last" mode for samples ``b_idx`` ending at ``t_idx``."""
         _, directions = top_layer
-        k_idx, i_idx = b_idx // chunk, b_idx % chunk
+        k_idx, i_idx = np.divmod(b_idx, chunk)
         forward = _direction_output(directions[0][1], False)[k_idx, t_idx, i_idx]
         if not self.bidirectional:
             return forward
@@ -700,14 +706,14 @@ class Network:
 
     # ----------------------------------------------------------------- state
     def _final_states(self, tapes):
-        """``[layer][direction] -> tuple`` of (K, C, H) state copies after the unroll."""
+        """``[layer][direction] -> tuple`` of (K, C, H) states after the unroll: views into the tapes."""
         n_state = self._kernels.N_STATE
         finals = []
         for _, directions in tapes:
             per_direction = []
             for direction, tape in enumerate(directions):
                 slot = 0 if direction == 1 else tape[1].shape[1] - 1
-                per_direction.append(tuple(buffer[:, slot].copy() for buffer in tape[1 : 1 + n_state]))
+                per_direction.append(tuple(buffer[:, slot] for buffer in tape[1 : 1 + n_state]))
             finals.append(per_direction)
         return finals
 
@@ -731,7 +737,9 @@ class Network:
         largest = max(self._kernels.N_GATES * size * size for size in self.hidden_sizes) * self.dtype.itemsize
         chunk = batch_plan(n_samples, largest)
         x = np.ascontiguousarray(_to_chunks(X, chunk).transpose(0, 2, 1, 3))
-        chunked_state = [[tuple(_to_chunks(a, chunk) for a in parts) for parts in layer] for layer in split_state]
+        chunked_state = None
+        if split_state is not None:
+            chunked_state = [[tuple(_to_chunks(a, chunk) for a in parts) for parts in layer] for layer in split_state]
         padded_lengths = _to_chunks(lengths, chunk).reshape(-1)
         return _Batch(x, padded_lengths, chunked_state, n_samples, n_steps, largest > LARGE_WEIGHTS)
 
@@ -741,7 +749,7 @@ class _Batch(NamedTuple):
 
     x: np.ndarray  # (K, T, C, D)
     lengths: np.ndarray  # (K * C,): zero for the padding samples
-    state: list
+    state: list  # or None: zeros
     n_samples: int
     n_steps: int
     large: bool  # some layer calls BLAS in its forward pass: see _config.batch_plan
@@ -793,9 +801,12 @@ def _to_chunks(a, chunk):
 
 
 def _unchunk_directions(parts, n_samples):
-    """(K, C, H) states of each direction -> one (n_directions, n_samples, H) array."""
-    stacked = np.stack(parts)
-    return np.ascontiguousarray(stacked.reshape((len(parts), -1, stacked.shape[-1]))[:, :n_samples])
+    """(K, C, H) states of each direction -> one new (n_directions, n_samples, H) array."""
+    hidden = parts[0].shape[-1]
+    out = np.empty((len(parts), n_samples, hidden), dtype=parts[0].dtype)
+    for direction, part in enumerate(parts):
+        out[direction] = part.reshape((-1, hidden))[:n_samples]
+    return out
 
 
 def _from_chunks(a, n_samples):

@@ -100,8 +100,9 @@ def forward(
         Layer input, chunk-major (see ``_recurrence``).
     w_ih, b_ih, w_hh, b_hh : ndarray
         PyTorch-layout weights of this layer direction.
-    state0 : tuple of ndarray of shape (K, C, H)
-        Initial state: ``(h, c)`` for the LSTM, ``(h,)`` otherwise.
+    state0 : tuple of ndarray of shape (K, C, H), or None
+        Initial state: ``(h, c)`` for the LSTM, ``(h,)`` otherwise; None
+        for zeros.
     lengths : ndarray of shape (K * C,), int64
     reverse : bool
     use_relu : bool
@@ -134,7 +135,7 @@ def forward(
     h = _buffer(workspace, ("h",) + key, (n_chunks, n_steps + 1, chunk, hidden), x.dtype)
     aux = _buffer(workspace, ("aux",) + key, module.aux_shape(n_chunks, n_steps, chunk, hidden, kept), x.dtype)
     slot = n_steps if reverse else 0
-    for buffer, initial in zip((h, aux), state0):
+    for buffer, initial in zip((h, aux), state0 or (0,) * module.N_STATE):
         buffer[:, slot] = initial
     w_hh_t = _transposed(w_hh, large)
     _check_buffers(x, b_ih, b_hh, gates, h, aux)
