@@ -258,6 +258,30 @@ def test_matmul_gives_a_row_the_same_bits_alone_or_anywhere_in_a_block(shape, dt
         np.testing.assert_array_equal(repeated, np.repeat(alone, 6, axis=0))
 
 
+@numba.njit
+def _compiled_panel_matmul(a, panels, out):
+    _products.panel_matmul(a, panels, out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(4, 9, 24), (6, 33, 50), (1, 64, 7), (9, 130, 77)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_panels_give_matmul_bits_from_either_layout(shape, dtype, transposed):
+    m, k, n = shape
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((n, k)).astype(dtype).T if transposed else rng.standard_normal((k, n)).astype(dtype)
+    width = _products.panel_width(np.dtype(dtype))
+    panels = np.full((-(-n // width), k, width), np.nan, dtype)
+    _products.pack_panels(b, panels)
+    out = np.full((m, panels.shape[0] * width), np.nan, dtype)
+    _compiled_panel_matmul(a, panels, out)
+    expected = np.empty((m, n), dtype)
+    _compiled_matmul(a, np.ascontiguousarray(b), expected)
+    np.testing.assert_array_equal(out[:, :n], expected)
+    np.testing.assert_array_equal(out[:, n:], 0)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_inference_states_equal_the_training_tapes_bitwise(cell, reverse, monkeypatch):

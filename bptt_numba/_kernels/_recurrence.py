@@ -90,7 +90,7 @@ def project_inputs(x, w_ih_t, b_ih, gates):
     ----------
     x : ndarray of shape (T, C, D)
     w_ih_t : ndarray of shape (D, G)
-        ``W_ih`` transposed, C-ordered (see ``layers._transposed``).
+        ``W_ih`` transposed, C-ordered.
     b_ih : ndarray of shape (G,)
     gates : ndarray of shape (T, C, G)
         Written.
@@ -301,31 +301,6 @@ def _gradient_columns(d, a, g_w, start, stop):
     np.dot(d.T, a, part)
     for g in range(part.shape[0]):
         copy(part[g], g_w[g, start:stop])
-
-
-#: Side of the square blocks `transpose` moves.
-TRANSPOSE_BLOCK = 32
-
-
-@kernel(parallel=True)
-def transpose(w, out):
-    """``out = w.T``, C-ordered, in square blocks over the threads.
-
-    NumPy's copy of a transposed 2048 x 512 float32 matrix took 4.6 ms
-    here; this 2.3 ms on one core and 1.1 ms on two.
-    """
-    n, m = w.shape
-    block = TRANSPOSE_BLOCK
-    cols = -(-m // block)
-    for tile in prange(-(-n // block) * cols):
-        i0 = (tile // cols) * block
-        j0 = (tile % cols) * block
-        src = w[i0 : min(n, i0 + block), j0 : min(m, j0 + block)]
-        dst = out[j0 : min(m, j0 + block), i0 : min(n, i0 + block)]
-        for j in range(src.shape[1]):
-            row = dst[j]
-            for i in range(src.shape[0]):
-                row[i] = src[i, j]
 
 
 @kernel(parallel=True)

@@ -10,7 +10,7 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._products import matmul
+from ._products import recurrent_product
 from ._recurrence import (
     chunk_gradients, copy, crosses_border, output_grad, project_inputs, project_step, step_slots,
 )
@@ -85,15 +85,14 @@ def elman_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, unused, lengths, reve
 def _forward_chunk(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, lengths, reverse, use_relu, large):
     """`elman_forward` of one chunk: its task, outside the parallel region's body."""
     n_steps, chunk, _ = x.shape
-    hidden = w_hh_t.shape[0]
     tape = gates.shape[0] == n_steps
     if tape and not large:
         project_inputs(x, w_ih_t, b_ih, gates)
-    rec = np.empty((chunk, hidden), dtype=gates.dtype)
+    rec = np.empty((chunk, w_hh_t.shape[0] * w_hh_t.shape[2]), dtype=gates.dtype)
     for s in range(n_steps):
         t, prev, new = step_slots(s, n_steps, reverse)
         g = t if tape else project_step(x, w_ih_t, b_ih, gates, t, reverse)
-        matmul(h[prev], w_hh_t, rec)
+        recurrent_product(h[prev], w_hh_t, rec, large)
         for i in range(chunk):
             if t >= lengths[i]:
                 copy(h[prev, i], h[new, i])
@@ -121,7 +120,7 @@ def elman_backward(
         samples = slice(k * chunk, (k + 1) * chunk)
         _backward_chunk(
             w_hh, gates[k], h[k], lengths[samples], reverse, use_relu, truncate, t_offset, dh_out[k], out_steps[samples],
-            dh_sq[k : k + 1],
+            dh_sq[k : k + 1], large,
         )
         if not large:
             h_prev = h[k, 1:] if reverse else h[k, :-1]
@@ -130,13 +129,13 @@ def elman_backward(
 
 
 @register_jitable
-def _backward_chunk(w_hh, gates, h, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dh_sq):
+def _backward_chunk(w_hh, gates, h, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dh_sq, large):
     """`elman_backward`'s sweep back through time over one chunk (``dh_sq``: (1, T, C) or empty)."""
     n_steps, chunk, _ = gates.shape
-    hidden = w_hh.shape[1]
+    hidden = h.shape[2]
     record = dh_sq.size > 0
     dh = np.zeros((chunk, hidden), dtype=gates.dtype)
-    dh_rec = np.empty((chunk, hidden), dtype=gates.dtype)
+    dh_rec = np.empty((chunk, w_hh.shape[0] * w_hh.shape[2]), dtype=gates.dtype)
     no_grad = np.zeros(hidden, dtype=gates.dtype)
     later = n_steps
     cut = False
@@ -145,7 +144,7 @@ def _backward_chunk(w_hh, gates, h, lengths, reverse, use_relu, truncate, t_offs
         if s > 0:
             later = t - 1 if reverse else t + 1
             cut = crosses_border(t, reverse, t_offset, truncate)
-            matmul(gates[later], w_hh, dh_rec)
+            recurrent_product(gates[later], w_hh, dh_rec, large)
         for i in range(chunk):
             if s > 0 and later < lengths[i]:
                 if cut:

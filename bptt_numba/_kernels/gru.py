@@ -17,7 +17,7 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._products import matmul
+from ._products import recurrent_product
 from ._recurrence import (
     chunk_gradients, copy, crosses_border, output_grad, project_inputs, project_step, step_slots,
 )
@@ -127,20 +127,20 @@ def gru_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, 
 def _forward_chunk(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, reverse, large):
     """`gru_forward` of one chunk: its task, outside the parallel region's body."""
     n_steps, chunk, _ = x.shape
-    hidden = w_hh_t.shape[0]
+    width = N_GATES * h.shape[2]
     tape = gates.shape[0] == n_steps
     if tape and not large:
         project_inputs(x, w_ih_t, b_ih, gates)
-    step_rec = np.empty((chunk, 3 * hidden), dtype=gates.dtype)
+    step_rec = np.empty((chunk, w_hh_t.shape[0] * w_hh_t.shape[2]), dtype=gates.dtype)
     for s in range(n_steps):
         t, prev, new = step_slots(s, n_steps, reverse)
         g = t if tape else project_step(x, w_ih_t, b_ih, gates, t, reverse)
-        matmul(h[prev], w_hh_t, step_rec)
+        recurrent_product(h[prev], w_hh_t, step_rec, large)
         for i in range(chunk):
             if t >= lengths[i]:
                 copy(h[prev, i], h[new, i])
                 continue
-            _cell_forward(gates[g, i], step_rec[i], b_hh, h[prev, i], h[new, i], _blocks(rec[g, i])[2])
+            _cell_forward(gates[g, i], step_rec[i, :width], b_hh, h[prev, i], h[new, i], _blocks(rec[g, i])[2])
 
 
 @kernel(parallel=True)
@@ -166,7 +166,7 @@ def gru_backward(
         samples = slice(k * chunk, (k + 1) * chunk)
         _backward_chunk(
             w_hh, gates[k], h[k], rec[k], lengths[samples], reverse, truncate, t_offset, dh_out[k], out_steps[samples],
-            dh_sq[k : k + 1],
+            dh_sq[k : k + 1], large,
         )
         if not large:
             h_prev = h[k, 1:] if reverse else h[k, :-1]
@@ -175,14 +175,14 @@ def gru_backward(
 
 
 @register_jitable
-def _backward_chunk(w_hh, gates, h, rec, lengths, reverse, truncate, t_offset, dh_out, out_steps, dh_sq):
+def _backward_chunk(w_hh, gates, h, rec, lengths, reverse, truncate, t_offset, dh_out, out_steps, dh_sq, large):
     """`gru_backward`'s sweep back through time over one chunk (``dh_sq``: (1, T, C) or empty)."""
     n_steps, chunk, _ = gates.shape
-    hidden = w_hh.shape[1]
+    hidden = h.shape[2]
     record = dh_sq.size > 0
     dh = np.zeros((chunk, hidden), dtype=gates.dtype)
     dh_direct = np.zeros((chunk, hidden), dtype=gates.dtype)
-    dh_rec = np.empty((chunk, hidden), dtype=gates.dtype)
+    dh_rec = np.empty((chunk, w_hh.shape[0] * w_hh.shape[2]), dtype=gates.dtype)
     no_grad = np.zeros(hidden, dtype=gates.dtype)
     later = n_steps
     cut = False
@@ -191,7 +191,7 @@ def _backward_chunk(w_hh, gates, h, rec, lengths, reverse, truncate, t_offset, d
         if s > 0:
             later = t - 1 if reverse else t + 1
             cut = crosses_border(t, reverse, t_offset, truncate)
-            matmul(rec[later], w_hh, dh_rec)
+            recurrent_product(rec[later], w_hh, dh_rec, large)
         for i in range(chunk):
             if s > 0 and later < lengths[i]:
                 if cut:

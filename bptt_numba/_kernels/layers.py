@@ -17,7 +17,8 @@ import numpy as np
 
 from .._config import LARGE_WEIGHTS
 from . import elman, gru, lstm
-from ._recurrence import PROJECTED_STEPS, gradient_blocks, project_rows, sum_shares, transpose
+from ._products import pack_panels, panel_width
+from ._recurrence import PROJECTED_STEPS, gradient_blocks, project_rows, sum_shares
 
 CELLS = {"rnn": elman, "lstm": lstm, "gru": gru}
 KERNELS = {
@@ -73,19 +74,21 @@ def _large(w_hh):
     return w_hh.nbytes > LARGE_WEIGHTS
 
 
-def _transposed(w, large):
-    """``w.T``, C-ordered, for ``_products.matmul`` (which reads it row by row).
+def _recurrent_weights(b, large):
+    """The ``b`` of a recurrent product ``a @ b`` as the kernels read it (``_products.recurrent_product``).
 
-    Large weights are transposed in blocks over the threads
-    (``_recurrence.transpose``): NumPy's copy of a transposed 2048 x 512
-    float32 matrix took 4.6 ms here, about 8% of an LSTM H=512 B=16 T=25
-    training step.
+    ``b`` is ``W_hh.T`` (forward) or ``W_hh`` (backward).  Small weights:
+    ``b`` itself, C-ordered, as a (1, K, N) array.  Large weights: cut into
+    contiguous panels over the threads (``_products.pack_panels``), read
+    at every step from L3; the copy also took the place of a transpose that
+    NumPy did in 4.6 ms for a 2048 x 512 float32 matrix.
     """
     if not large:
-        return np.ascontiguousarray(w.T)
-    out = np.empty(w.shape[::-1], dtype=w.dtype)
-    transpose(w, out)
-    return out
+        return np.ascontiguousarray(b)[None]
+    width = panel_width(b.dtype)
+    panels = np.empty((-(-b.shape[1] // width), b.shape[0], width), dtype=b.dtype)
+    pack_panels(b, panels)
+    return panels
 
 
 def forward(
@@ -137,7 +140,7 @@ def forward(
     slot = n_steps if reverse else 0
     for buffer, initial in zip((h, aux), state0 or (0,) * module.N_STATE):
         buffer[:, slot] = initial
-    w_hh_t = _transposed(w_hh, large)
+    w_hh_t = _recurrent_weights(w_hh.T, large)
     _check_buffers(x, b_ih, b_hh, gates, h, aux)
     if large:
         project_rows(x.reshape((-1, x.shape[3])), w_ih, b_ih, gates.reshape((-1, width)), numba.get_num_threads())
@@ -145,7 +148,7 @@ def forward(
         # it the same compiled specialisation as for small weights.
         w_ih_t = np.empty((0, width), dtype=x.dtype)
     else:
-        w_ih_t = _transposed(w_ih, False)
+        w_ih_t = np.ascontiguousarray(w_ih.T)
     KERNELS[cell, "forward"](x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, aux, lengths, reverse, use_relu, large)
     return gates, h, aux
 
@@ -214,8 +217,8 @@ def backward(
         out_steps = np.empty(0, dtype=np.int64)
     _check_buffers(x, w_ih, w_hh, gates, h, aux, dh_out, dx, *shares, dh_sq)
     KERNELS[cell, "backward"](
-        x, w_ih, w_hh, gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dx, *shares, dh_sq,
-        large,
+        x, w_ih, _recurrent_weights(w_hh, large), gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out,
+        out_steps, dx, *shares, dh_sq, large,
     )
     if large:
         _whole_batch_gradients(CELLS[cell], x, w_ih, gates, h, aux, reverse, dx, shares)

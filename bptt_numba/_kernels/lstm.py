@@ -11,7 +11,7 @@ Gate blocks are stacked in PyTorch's order i, f, g, o::
 
 Buffers are chunk-major (see ``_recurrence``); each chunk of samples is one
 ``prange`` task: one product for its input projection, one small recurrent
-product per step (``_products.matmul``) followed by the fused gate math,
+product per step (``_products``) followed by the fused gate math,
 and after the backward sweep its weight gradients as BLAS GEMMs over all its
 steps.  With large weights the projection and the weight gradients are
 whole-batch products instead, done around the kernels (``layers``).
@@ -23,7 +23,7 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._products import matmul
+from ._products import recurrent_product
 from ._recurrence import (
     chunk_gradients, copy, crosses_border, output_grad, project_inputs, project_step, step_slots,
 )
@@ -108,9 +108,11 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
     x : ndarray of shape (K, T, C, D)
         Layer input.
     w_ih_t, b_ih, w_hh_t, b_hh : ndarray
-        Weights: the transposes of PyTorch's, (D, 4H) and (H, 4H),
-        C-ordered (see ``layers._transposed``), then the biases (4H,).
-        ``w_ih_t`` is not read when ``large`` (it may be empty).
+        Weights: ``W_ih`` transposed, (D, 4H) C-ordered, and ``W_hh``
+        transposed as the products read it, (1, H, 4H) or with ``large``
+        in panels (``_products.recurrent_product``; see
+        ``layers._recurrent_weights``), then the biases (4H,).  ``w_ih_t``
+        is not read when ``large`` (it may be empty).
     gates : ndarray of shape (K, T, C, 4H), or (K, P, C, 4H)
         Written: the activated gates i, f, g, o, kept for the backward pass;
         the last few steps' only with ``P`` < T slots (inference with small
@@ -143,21 +145,21 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
 def _forward_chunk(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, large):
     """`lstm_forward` of one chunk: its task, outside the parallel region's body."""
     n_steps, chunk, _ = x.shape
-    hidden = w_hh_t.shape[0]
+    width = N_GATES * h.shape[2]
     tape = gates.shape[0] == n_steps
     if tape and not large:
         project_inputs(x, w_ih_t, b_ih, gates)
-    rec = np.empty((chunk, 4 * hidden), dtype=gates.dtype)
+    rec = np.empty((chunk, w_hh_t.shape[0] * w_hh_t.shape[2]), dtype=gates.dtype)
     for s in range(n_steps):
         t, prev, new = step_slots(s, n_steps, reverse)
         g = t if tape else project_step(x, w_ih_t, b_ih, gates, t, reverse)
-        matmul(h[prev], w_hh_t, rec)
+        recurrent_product(h[prev], w_hh_t, rec, large)
         for i in range(chunk):
             if t >= lengths[i]:
                 copy(h[prev, i], h[new, i])
                 copy(c[prev, i], c[new, i])
                 continue
-            _cell_forward(gates[g, i], rec[i], b_hh, c[prev, i], c[new, i], h[new, i])
+            _cell_forward(gates[g, i], rec[i, :width], b_hh, c[prev, i], c[new, i], h[new, i])
 
 
 @kernel(parallel=True)
@@ -171,7 +173,8 @@ def lstm_backward(
     x, h, c, lengths, reverse, use_relu
         As given to and written by `lstm_forward`.
     w_ih, w_hh : ndarray
-        PyTorch-layout weights, (4H, D) and (4H, H).
+        PyTorch's ``W_ih``, (4H, D), and ``W_hh`` as the products read it,
+        (1, 4H, H) or with ``large`` in panels (see `lstm_forward`).
     gates : ndarray of shape (K, T, C, 4H)
         On entry the gates from `lstm_forward`; on exit the gradient w.r.t.
         the gate pre-activations (zero at padded steps).
@@ -205,7 +208,7 @@ def lstm_backward(
         samples = slice(k * chunk, (k + 1) * chunk)
         _backward_chunk(
             w_hh, gates[k], c[k], lengths[samples], reverse, truncate, t_offset, dh_out[k], out_steps[samples],
-            dh_sq[k : k + 1],
+            dh_sq[k : k + 1], large,
         )
         if not large:
             h_prev = h[k, 1:] if reverse else h[k, :-1]
@@ -214,14 +217,14 @@ def lstm_backward(
 
 
 @register_jitable
-def _backward_chunk(w_hh, gates, c, lengths, reverse, truncate, t_offset, dh_out, out_steps, dh_sq):
+def _backward_chunk(w_hh, gates, c, lengths, reverse, truncate, t_offset, dh_out, out_steps, dh_sq, large):
     """`lstm_backward`'s sweep back through time over one chunk (``dh_sq``: (1, T, C) or empty)."""
     n_steps, chunk, _ = gates.shape
-    hidden = w_hh.shape[1]
+    hidden = c.shape[2]
     record = dh_sq.size > 0
     dh = np.zeros((chunk, hidden), dtype=gates.dtype)
     dc = np.zeros((chunk, hidden), dtype=gates.dtype)
-    dh_rec = np.empty((chunk, hidden), dtype=gates.dtype)
+    dh_rec = np.empty((chunk, w_hh.shape[0] * w_hh.shape[2]), dtype=gates.dtype)
     no_grad = np.zeros(hidden, dtype=gates.dtype)
     later = n_steps
     cut = False
@@ -232,7 +235,7 @@ def _backward_chunk(w_hh, gates, c, lengths, reverse, truncate, t_offset, dh_out
             # recurrent weights of the step processed before it.
             later = t - 1 if reverse else t + 1
             cut = crosses_border(t, reverse, t_offset, truncate)
-            matmul(gates[later], w_hh, dh_rec)
+            recurrent_product(gates[later], w_hh, dh_rec, large)
         for i in range(chunk):
             if s > 0 and later < lengths[i]:
                 if cut:
