@@ -44,6 +44,10 @@ TILED_SIZE = 128
 #: Vectors across one panel of packed weights (`pack_panels`).
 PANEL_VECTORS = 3
 
+#: Bytes of recurrent weights from which their products read them in panels
+#: (`uses_panels`).
+PANELS_FROM = 64 << 10
+
 _FLOATS = (types.float32, types.float64)
 
 
@@ -306,14 +310,32 @@ def panel_matmul(a, panels, out):
 
 
 @register_jitable
-def recurrent_product(a, w, out, large):
-    """``out = a @ b`` by the recurrent weights ``w`` of a kernel.
+def uses_panels(n_inner, n_cols, itemsize):
+    """Whether the recurrent weights of a product ``(M, n_inner) @ (n_inner, n_cols)`` come in panels.
 
-    ``w`` is ``b`` itself as a (1, K, N) array, or with ``large`` its
-    panels (`pack_panels`); ``out`` has ``w.shape[0] * w.shape[2]``
-    columns either way.
+    From `PANELS_FROM` bytes, which no longer fit a core's L1 cache: a
+    tile's strip of a row-major ``b`` is then a short piece of each of many
+    rows fetched from L2 or L3.  Measured on one core, microseconds of
+    `matmul` against `panel_matmul`: (16, 64) @ (64, 256) 6.3 against 5.7,
+    (16, 128) @ (128, 512) 27.1 against 22.4, (16, 512) @ (512, 128) 29.4
+    against 23.8, (16, 256) @ (256, 768) 85 against 65, (16, 768) @ (768,
+    256) 95 against 67, one row (1, 64) @ (64, 256) 0.94 against 0.87;
+    below it panels lost, (16, 128) @ (128, 32) 1.66 against 2.00, (16,
+    192) @ (192, 64) 4.6 against 5.0 (a last panel partly empty), and (1,
+    256) @ (256, 64) tied (0.96 against 1.02).
     """
-    if large:
+    return n_inner * n_cols * itemsize >= PANELS_FROM
+
+
+@register_jitable
+def recurrent_product(a, w, out, n_cols):
+    """``out = a @ b`` by the recurrent weights ``w`` of a kernel, ``b`` having ``n_cols`` columns.
+
+    ``w`` is ``b`` itself as a (1, K, N) array, or its panels when
+    `uses_panels` (see ``layers._recurrent_weights``); ``out`` has
+    ``w.shape[0] * w.shape[2]`` columns either way.
+    """
+    if uses_panels(w.shape[1], n_cols, out.itemsize):
         panel_matmul(a, w, out)
     else:
         matmul(a, w[0], out)

@@ -92,7 +92,7 @@ def _forward_chunk(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, lengths, reverse, us
     for s in range(n_steps):
         t, prev, new = step_slots(s, n_steps, reverse)
         g = t if tape else project_step(x, w_ih_t, b_ih, gates, t, reverse)
-        recurrent_product(h[prev], w_hh_t, rec, large)
+        recurrent_product(h[prev], w_hh_t, rec, h.shape[2])
         for i in range(chunk):
             if t >= lengths[i]:
                 copy(h[prev, i], h[new, i])
@@ -120,7 +120,7 @@ def elman_backward(
         samples = slice(k * chunk, (k + 1) * chunk)
         _backward_chunk(
             w_hh, gates[k], h[k], lengths[samples], reverse, use_relu, truncate, t_offset, dh_out[k], out_steps[samples],
-            dh_sq[k : k + 1], large,
+            dh_sq[k : k + 1],
         )
         if not large:
             h_prev = h[k, 1:] if reverse else h[k, :-1]
@@ -129,7 +129,7 @@ def elman_backward(
 
 
 @register_jitable
-def _backward_chunk(w_hh, gates, h, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dh_sq, large):
+def _backward_chunk(w_hh, gates, h, lengths, reverse, use_relu, truncate, t_offset, dh_out, out_steps, dh_sq):
     """`elman_backward`'s sweep back through time over one chunk (``dh_sq``: (1, T, C) or empty)."""
     n_steps, chunk, _ = gates.shape
     hidden = h.shape[2]
@@ -144,7 +144,7 @@ def _backward_chunk(w_hh, gates, h, lengths, reverse, use_relu, truncate, t_offs
         if s > 0:
             later = t - 1 if reverse else t + 1
             cut = crosses_border(t, reverse, t_offset, truncate)
-            recurrent_product(gates[later], w_hh, dh_rec, large)
+            recurrent_product(gates[later], w_hh, dh_rec, hidden)
         for i in range(chunk):
             if s > 0 and later < lengths[i]:
                 if cut:

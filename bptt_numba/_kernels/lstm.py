@@ -109,8 +109,8 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
         Layer input.
     w_ih_t, b_ih, w_hh_t, b_hh : ndarray
         Weights: ``W_ih`` transposed, (D, 4H) C-ordered, and ``W_hh``
-        transposed as the products read it, (1, H, 4H) or with ``large``
-        in panels (``_products.recurrent_product``; see
+        transposed as the products read it, (1, H, 4H) or in panels
+        (``_products.recurrent_product``; see
         ``layers._recurrent_weights``), then the biases (4H,).  ``w_ih_t``
         is not read when ``large`` (it may be empty).
     gates : ndarray of shape (K, T, C, 4H), or (K, P, C, 4H)
@@ -153,7 +153,7 @@ def _forward_chunk(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse,
     for s in range(n_steps):
         t, prev, new = step_slots(s, n_steps, reverse)
         g = t if tape else project_step(x, w_ih_t, b_ih, gates, t, reverse)
-        recurrent_product(h[prev], w_hh_t, rec, large)
+        recurrent_product(h[prev], w_hh_t, rec, width)
         for i in range(chunk):
             if t >= lengths[i]:
                 copy(h[prev, i], h[new, i])
@@ -174,7 +174,7 @@ def lstm_backward(
         As given to and written by `lstm_forward`.
     w_ih, w_hh : ndarray
         PyTorch's ``W_ih``, (4H, D), and ``W_hh`` as the products read it,
-        (1, 4H, H) or with ``large`` in panels (see `lstm_forward`).
+        (1, 4H, H) or in panels (see `lstm_forward`).
     gates : ndarray of shape (K, T, C, 4H)
         On entry the gates from `lstm_forward`; on exit the gradient w.r.t.
         the gate pre-activations (zero at padded steps).
@@ -208,7 +208,7 @@ def lstm_backward(
         samples = slice(k * chunk, (k + 1) * chunk)
         _backward_chunk(
             w_hh, gates[k], c[k], lengths[samples], reverse, truncate, t_offset, dh_out[k], out_steps[samples],
-            dh_sq[k : k + 1], large,
+            dh_sq[k : k + 1],
         )
         if not large:
             h_prev = h[k, 1:] if reverse else h[k, :-1]
@@ -217,7 +217,7 @@ def lstm_backward(
 
 
 @register_jitable
-def _backward_chunk(w_hh, gates, c, lengths, reverse, truncate, t_offset, dh_out, out_steps, dh_sq, large):
+def _backward_chunk(w_hh, gates, c, lengths, reverse, truncate, t_offset, dh_out, out_steps, dh_sq):
     """`lstm_backward`'s sweep back through time over one chunk (``dh_sq``: (1, T, C) or empty)."""
     n_steps, chunk, _ = gates.shape
     hidden = c.shape[2]
@@ -235,7 +235,7 @@ def _backward_chunk(w_hh, gates, c, lengths, reverse, truncate, t_offset, dh_out
             # recurrent weights of the step processed before it.
             later = t - 1 if reverse else t + 1
             cut = crosses_border(t, reverse, t_offset, truncate)
-            recurrent_product(gates[later], w_hh, dh_rec, large)
+            recurrent_product(gates[later], w_hh, dh_rec, hidden)
         for i in range(chunk):
             if s > 0 and later < lengths[i]:
                 if cut:
