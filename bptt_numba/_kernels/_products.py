@@ -255,7 +255,8 @@ def pack_panels(b, panels):
     weights of an LSTM H=512 (streamed from L3 at every step), a chunk's
     product (4, 512) @ (512, 2048) took 178 us streamed (`matmul`) against
     95 us in panels, four chunks on 2 cores.  Columns past ``b``'s are
-    zero.
+    zero.  The panels are split between the threads (`pack_panels_serial`
+    for weights too small to pay for a parallel region).
 
     Parameters
     ----------
@@ -264,23 +265,35 @@ def pack_panels(b, panels):
     panels : ndarray of shape (ceil(N / width), K, width), C-ordered
         Written.
     """
+    for p in prange(panels.shape[0]):
+        _pack_panel(b, panels, p)
+
+
+@kernel
+def pack_panels_serial(b, panels):
+    """`pack_panels` on one thread."""
+    for p in range(panels.shape[0]):
+        _pack_panel(b, panels, p)
+
+
+@register_jitable
+def _pack_panel(b, panels, p):
+    """Panel ``p`` of `pack_panels`."""
     n_inner, n_cols = b.shape
     width = panels.shape[2]
-    by_rows = b.strides[1] == b.itemsize
-    for p in prange(panels.shape[0]):
-        panel = panels[p]
-        stop = min(width, n_cols - p * width)
-        panel[:, stop:] = 0
-        # Read ``b`` along its contiguous axis: a row-major W (backward)
-        # packed column by column took 2.8 ms instead of 0.8 (2048 x 512).
-        if by_rows:
-            for k in range(n_inner):
-                for c in range(stop):
-                    panel[k, c] = b[k, p * width + c]
-        else:
+    panel = panels[p]
+    stop = min(width, n_cols - p * width)
+    panel[:, stop:] = 0
+    # Read ``b`` along its contiguous axis: a row-major W (backward)
+    # packed column by column took 2.8 ms instead of 0.8 (2048 x 512).
+    if b.strides[1] == b.itemsize:
+        for k in range(n_inner):
             for c in range(stop):
-                for k in range(n_inner):
-                    panel[k, c] = b[k, p * width + c]
+                panel[k, c] = b[k, p * width + c]
+    else:
+        for c in range(stop):
+            for k in range(n_inner):
+                panel[k, c] = b[k, p * width + c]
 
 
 @register_jitable

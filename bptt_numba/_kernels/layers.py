@@ -17,7 +17,7 @@ import numpy as np
 
 from .._config import LARGE_WEIGHTS
 from . import elman, gru, lstm
-from ._products import pack_panels, panel_width, uses_panels
+from ._products import pack_panels, pack_panels_serial, panel_width, uses_panels
 from ._recurrence import PROJECTED_STEPS, gradient_blocks, project_rows, sum_shares
 
 CELLS = {"rnn": elman, "lstm": lstm, "gru": gru}
@@ -74,20 +74,21 @@ def _large(w_hh):
     return w_hh.nbytes > LARGE_WEIGHTS
 
 
-def _recurrent_weights(b):
+def _recurrent_weights(b, large):
     """The ``b`` of a recurrent product ``a @ b`` as the kernels read it (``_products.recurrent_product``).
 
     ``b`` is ``W_hh.T`` (forward) or ``W_hh`` (backward): ``b`` itself,
     C-ordered, as a (1, K, N) array; or, from ``_products.PANELS_FROM``
-    bytes, cut into contiguous panels over the threads
-    (``_products.pack_panels``).  That copy also took the place of a
-    transpose, which NumPy did in 4.6 ms for a 2048 x 512 float32 matrix.
+    bytes, cut into contiguous panels (``_products.pack_panels``), large
+    weights over the threads (0.5-0.8 ms for a 2048 x 512 float32 matrix on
+    2 cores, where NumPy took 4.6 ms to transpose it).
     """
-    if not uses_panels(b.shape[0], b.shape[1], b.itemsize):
+    n_inner, n_cols = b.shape
+    if not uses_panels(n_inner, n_cols, b.itemsize):
         return np.ascontiguousarray(b)[None]
     width = panel_width(b.dtype)
-    panels = np.empty((-(-b.shape[1] // width), b.shape[0], width), dtype=b.dtype)
-    pack_panels(b, panels)
+    panels = np.empty((-(-n_cols // width), n_inner, width), dtype=b.dtype)
+    (pack_panels if large else pack_panels_serial)(b, panels)
     return panels
 
 
@@ -140,7 +141,7 @@ def forward(
     slot = n_steps if reverse else 0
     for buffer, initial in zip((h, aux), state0 or (0,) * module.N_STATE):
         buffer[:, slot] = initial
-    w_hh_t = _recurrent_weights(w_hh.T)
+    w_hh_t = _recurrent_weights(w_hh.T, large)
     _check_buffers(x, b_ih, b_hh, gates, h, aux)
     if large:
         project_rows(x.reshape((-1, x.shape[3])), w_ih, b_ih, gates.reshape((-1, width)), numba.get_num_threads())
@@ -217,7 +218,7 @@ def backward(
         out_steps = np.empty(0, dtype=np.int64)
     _check_buffers(x, w_ih, w_hh, gates, h, aux, dh_out, dx, *shares, dh_sq)
     KERNELS[cell, "backward"](
-        x, w_ih, _recurrent_weights(w_hh), gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out,
+        x, w_ih, _recurrent_weights(w_hh, large), gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out,
         out_steps, dx, *shares, dh_sq, large,
     )
     if large:
