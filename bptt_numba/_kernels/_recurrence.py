@@ -15,13 +15,13 @@ the state after step ``t`` in slot ``t``.  Either way the layer's output at
 step ``t`` and the state it read are contiguous slices of one buffer.
 
 Each kernel's ``prange`` body is one call of the cell's chunk function
-(``_forward_chunk``, ``_backward_chunk``) and little else: Numba's parfor
-passes and the parallel region's lowering then handle a few statements
-instead of the whole time loop.  Measured here, a first LSTM fit compiled in
-17 s instead of 25 s from an empty cache, at the same speed after.  Array
-slices are copied with `copy`, not assigned, for the same reason: an
-assignment between arrays makes Numba compile the formatting of its shape
-error (2-3 s).
+(``_forward_chunk``, ``_backward_chunk``): a serial function of one chunk's
+buffers, which is where the time loop lives, and the parallel region only
+hands out the chunks.  Array slices are copied with `copy`, not assigned:
+an assignment between arrays makes Numba compile the formatting of its
+shape error.  (Neither changed the cold compile time of a first LSTM fit,
+25-26 s against 25-26 s in alternating fresh processes, though the parfor
+passes see fewer statements; single runs had suggested 17 s.)
 
 The per-sample gate loops take each gate block as its own view and index it
 from 0.  An index such as ``a[hidden + j]`` makes Numba check for a negative
