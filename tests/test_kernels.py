@@ -221,9 +221,9 @@ def _compiled_matmul(a, b, out):
     _products.matmul(a, b, out)
 
 
-# Shapes that take every tile width and tail (columns 3 * 8 + 2 * 8 + 8 + 3
-# in float32), rows left over from the blocks of 4, inner sizes with and
-# without a remainder of 4, and the streamed way (both sizes over 128).
+# Shapes with rows left over from the blocks of 4 and inner sizes with and
+# without a remainder of 4; for the panels, a last panel full or partly
+# empty.
 MATMUL_SHAPES = [(1, 1, 1), (5, 7, 3), (16, 64, 256), (3, 130, 9), (9, 33, 51), (7, 0, 12), (6, 129, 130)]
 
 
@@ -239,50 +239,57 @@ def test_matmul_matches_numpy_with_any_remainders(shape, dtype):
     np.testing.assert_allclose(out, a.astype(np.float64) @ b.astype(np.float64), rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", MATMUL_SHAPES)
-def test_matmul_gives_a_row_the_same_bits_alone_or_anywhere_in_a_block(shape, dtype):
-    # Alone a row is streamed; among others it falls in a register tile or
-    # among the rows left over: the bits must not change.
-    m, k, n = shape
-    rng = np.random.default_rng(k)
-    a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
-    together = np.empty((m, n), dtype)
-    _compiled_matmul(a, b, together)
-    for i in range(m):
-        alone = np.empty((1, n), dtype)
-        _compiled_matmul(np.ascontiguousarray(a[i : i + 1]), b, alone)
-        repeated = np.empty((6, n), dtype)
-        _compiled_matmul(np.ascontiguousarray(np.repeat(a[i : i + 1], 6, axis=0)), b, repeated)
-        np.testing.assert_array_equal(together[i], alone[0])
-        np.testing.assert_array_equal(repeated, np.repeat(alone, 6, axis=0))
-
-
 @numba.njit
 def _compiled_panel_matmul(a, panels, out):
     _products.panel_matmul(a, panels, out)
 
 
+def _panel_product(a, b, parallel=False):
+    """``a @ b`` through the recurrent product, ``b`` packed first; the padded columns too."""
+    panels = layers._recurrent_weights(b, parallel)
+    out = np.full((a.shape[0], panels.shape[0] * panels.shape[2]), np.nan, a.dtype)
+    _compiled_panel_matmul(a, panels, out)
+    return out
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(4, 9, 24), (6, 33, 50), (1, 64, 7), (9, 130, 77)])
+@pytest.mark.parametrize("shape", MATMUL_SHAPES)
 @pytest.mark.parametrize("transposed", [False, True])
-def test_panels_give_matmul_bits_from_either_layout(shape, dtype, transposed):
+def test_panel_product_matches_numpy_from_either_layout(shape, dtype, transposed):
     m, k, n = shape
-    rng = np.random.default_rng(n)
+    rng = np.random.default_rng(k)
     a = rng.standard_normal((m, k)).astype(dtype)
     b = rng.standard_normal((n, k)).astype(dtype).T if transposed else rng.standard_normal((k, n)).astype(dtype)
-    width = _products.panel_width(np.dtype(dtype))
-    panels = np.full((-(-n // width), k, width), np.nan, dtype)
-    _products.pack_panels(b, panels)
-    serial = np.full_like(panels, np.nan)
-    _products.pack_panels_serial(b, serial)
-    np.testing.assert_array_equal(serial, panels)
-    out = np.full((m, panels.shape[0] * width), np.nan, dtype)
-    _compiled_panel_matmul(a, panels, out)
-    expected = np.empty((m, n), dtype)
-    _compiled_matmul(a, np.ascontiguousarray(b), expected)
-    np.testing.assert_array_equal(out[:, :n], expected)
+    out = _panel_product(a, b)
+    tolerance = 1e-12 if dtype == np.float64 else 1e-5
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_allclose(out[:, :n], expected, rtol=tolerance, atol=tolerance)
     np.testing.assert_array_equal(out[:, n:], 0)
+    np.testing.assert_array_equal(_panel_product(a, b, parallel=True), out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", MATMUL_SHAPES)
+@pytest.mark.parametrize("product", ["matmul", "panels"])
+def test_products_give_a_row_the_same_bits_alone_or_anywhere_in_a_block(shape, dtype, product):
+    # Alone a row takes the one-row path; among others a block of 4 or the
+    # rows left over: the bits must not change.
+    m, k, n = shape
+    rng = np.random.default_rng(k)
+    a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+
+    def run(rows):
+        if product == "panels":
+            return _panel_product(np.ascontiguousarray(rows), b)
+        out = np.empty((rows.shape[0], n), dtype)
+        _compiled_matmul(np.ascontiguousarray(rows), b, out)
+        return out
+
+    together = run(a)
+    for i in range(m):
+        alone = run(a[i : i + 1])
+        np.testing.assert_array_equal(together[i], alone[0])
+        np.testing.assert_array_equal(run(np.repeat(a[i : i + 1], 6, axis=0)), np.repeat(alone, 6, axis=0))
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -1,25 +1,33 @@
-"""The small matrix products of the kernels, ``out = a @ b``, without BLAS.
+"""The matrix products of the kernels, ``out = a @ b`` by a weight matrix ``b``, without BLAS.
 
 OpenBLAS 0.3.30 (what Numba calls) packs both operands at every call, which
-dominates the products of a time step: (16, 64) @ (64, 256) took 15.6 us in
-BLAS here against 7.9 us in a Numba loop.  `matmul` has two ways:
+dominates the small products of a time step: (16, 64) @ (64, 256) took
+15.6 us in BLAS here against 7.9 us in a Numba loop.
 
-- register tiles (`_tiled_rows`): a tile of 4 rows of ``out`` by up to 3
-  SIMD vectors stays in registers over the whole inner dimension and is
-  stored once.  They are LLVM vector code written with llvmlite (an
-  ``intrinsic``): Numba disables LLVM's SLP vectoriser, which is what would
-  keep scalar accumulators in vector registers.
-- streamed rows (`_streamed_rows`): each row segment of ``b`` loaded feeds
-  up to 4 rows of ``out``, in a loop over the columns that LLVM vectorises;
-  ``b`` is read in its own order, which is what weights streamed from L3
-  need.
+- The recurrent products: the kernels get ``W_hh`` packed once per call in
+  panels of `PANEL_VECTORS` SIMD vectors of columns, each contiguous
+  (`pack_panels`), and `panel_matmul` keeps a tile of 4 rows of ``out`` by
+  one panel in SIMD registers over the whole inner dimension, streaming the
+  panel in order, and stores it once.  The tiles are LLVM vector code
+  written with llvmlite (an ``intrinsic``): Numba disables LLVM's SLP
+  vectoriser, which is what would keep scalar accumulators in vector
+  registers.  Every element is the chain of fused multiply-adds ``acc =
+  fma(a[i, k], b[k, j], acc)`` for ``k = 0, 1, ...`` from 0.
+- The input projection of a chunk's steps, many rows by a ``W_ih`` read as
+  it is: `matmul`, a loop over the columns that LLVM vectorises.
 
-Both compute every output element by the same chain of fused multiply-adds,
-``acc = fma(a[i, k], b[k, j], acc)`` for ``k = 0, 1, ...`` from 0, so a
-row's result does not depend on the way, on the other rows of the call, nor
-on its position among them: a sample's outputs do not depend on the rest of
-its batch.  BLAS gives no such promise (OpenBLAS rounded 16 equal rows 3
-different ways).
+Either computes every output row by the same arithmetic whatever the other
+rows of the call and its position among them, so a sample's outputs do not
+depend on the rest of its batch.  BLAS gives no such promise (OpenBLAS
+rounded 16 equal rows 3 different ways).
+
+Every recurrent weight is packed, whatever its size, so the kernels
+compile one product for it: in alternating fresh processes with an empty
+cache a first LSTM fit compiled in 27-33 s (median 29.6 s of 5) against
+39-45 s (39.0 s) with the register tiles for short rows, explicit-FMA
+streamed rows and panels only from 64 KiB that came before (2e1b9d7), and
+25-31 s (26.6 s) before any of them (5f9378a), at the same step times
+within 5%.
 
 Vectors are 32 bytes (8 float32 or 4 float64, AVX2); LLVM splits or widens
 them for other targets.  ``llvm.fma`` is one instruction on CPUs with FMA
@@ -32,73 +40,53 @@ from numba.core import cgutils
 from numba import prange
 from numba.extending import intrinsic, register_jitable
 
-from .._config import LARGE_WEIGHTS, kernel
+from .._config import kernel
 
 #: Bytes of one SIMD vector of the tiles.
 VECTOR_BYTES = 32
 
-#: Inner and column sizes up to which tiles are used (either suffices; see
-#: `matmul`).
-TILED_SIZE = 128
-
 #: Vectors across one panel of packed weights (`pack_panels`).
 PANEL_VECTORS = 3
 
-#: Bytes of recurrent weights from which their products read them in panels
-#: (`uses_panels`).
-PANELS_FROM = 64 << 10
 
 _FLOATS = (types.float32, types.float64)
 
 
-def _fma_function(builder, value_type, dtype, lanes):
+def _fma_function(builder, vector_type, dtype, lanes):
     suffix = "f32" if dtype == types.float32 else "f64"
-    name = f"llvm.fma.{suffix}" if lanes == 1 else f"llvm.fma.v{lanes}{suffix}"
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(value_type, [value_type] * 3), name)
+    function_type = ir.FunctionType(vector_type, [vector_type] * 3)
+    return cgutils.get_or_insert_function(builder.module, function_type, f"llvm.fma.v{lanes}{suffix}")
 
 
-@intrinsic
-def fma(typingctx, x, y, z):
-    """``x * y + z`` rounded once (LLVM's ``llvm.fma``), for floats of one type."""
-    if x not in _FLOATS or not x == y == z:
-        return None
+def _tile(rows):
+    """An intrinsic ``tile(a, panel, out, i0, j0)``: rows ``i0 .. i0 + rows`` of ``out`` over one panel from column ``j0``.
 
-    def codegen(context, builder, sig, args):
-        value_type = context.get_value_type(sig.args[0])
-        return builder.call(_fma_function(builder, value_type, sig.args[0], 1), args)
-
-    return x(x, y, z), codegen
-
-
-def _tile(rows, vectors, scalar=False, panel=False):
-    """An intrinsic ``tile(a, b, out, i0, j0)``: rows ``i0 .. i0 + rows`` of ``out`` over ``vectors`` vectors from column ``j0``.
-
-    One column instead with ``scalar``.  With ``panel``, ``b`` is one panel
-    (see `pack_panels`), read from its column 0.  ``a``, ``b`` and ``out``
-    are 2-D, C-ordered, of one float dtype; the tile must lie inside them
-    (not checked).
+    ``panel`` is one panel of ``b`` (see `pack_panels`), ``PANEL_VECTORS``
+    vectors wide, all of which ``out`` must have room for.  ``a``,
+    ``panel`` and ``out`` are 2-D, C-ordered, of one float dtype; the tile
+    must lie inside them (not checked).
     """
+    vectors = PANEL_VECTORS
 
-    def typer(typingctx, a, b, out, i0, j0):
-        arrays = (a, b, out)
+    def typer(typingctx, a, panel, out, i0, j0):
+        arrays = (a, panel, out)
         if not all(isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" for x in arrays):
             return None
-        if a.dtype not in _FLOATS or not a.dtype == b.dtype == out.dtype:
+        if a.dtype not in _FLOATS or not a.dtype == panel.dtype == out.dtype:
             return None
-        return types.void(a, b, out, types.intp, types.intp), codegen
+        return types.void(a, panel, out, types.intp, types.intp), codegen
 
     def codegen(context, builder, sig, args):
         dtype = sig.args[0].dtype
-        a, b, out = (context.make_array(ty)(context, builder, value) for ty, value in zip(sig.args[:3], args[:3]))
+        a, panel, out = (context.make_array(ty)(context, builder, value) for ty, value in zip(sig.args[:3], args[:3]))
         i0, j0 = args[3], args[4]
         float_type = context.get_value_type(dtype)
         size = context.get_abi_sizeof(float_type)
-        lanes = 1 if scalar else VECTOR_BYTES // size
-        value_type = float_type if scalar else ir.VectorType(float_type, lanes)
-        fused = _fma_function(builder, value_type, dtype, lanes)
+        lanes = VECTOR_BYTES // size
+        vector_type = ir.VectorType(float_type, lanes)
+        fused = _fma_function(builder, vector_type, dtype, lanes)
         intp = context.get_value_type(types.intp)
-        zero = ir.Constant(float_type, 0.0)
-        zero = zero if scalar else ir.Constant(value_type, [zero] * lanes)
+        zero = ir.Constant(vector_type, [ir.Constant(float_type, 0.0)] * lanes)
         sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(rows)]
 
         def pointer(array, ty, i, j):
@@ -107,20 +95,17 @@ def _tile(rows, vectors, scalar=False, panel=False):
             return cgutils.get_item_pointer2(context, builder, array.data, shape, strides, ty.layout, [i, j])
 
         def vector_at(start, v):
-            element = builder.gep(start, [ir.Constant(intp, v * lanes)])
-            return element if scalar else builder.bitcast(element, value_type.as_pointer())
+            return builder.bitcast(builder.gep(start, [ir.Constant(intp, v * lanes)]), vector_type.as_pointer())
 
         def splat(value):
-            if scalar:
-                return value
-            first = builder.insert_element(ir.Constant(value_type, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+            first = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
             mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-            return builder.shuffle_vector(first, ir.Constant(value_type, ir.Undefined), mask)
+            return builder.shuffle_vector(first, ir.Constant(vector_type, ir.Undefined), mask)
 
         row = [builder.add(i0, ir.Constant(intp, r)) for r in range(rows)]
         with cgutils.for_range(builder, cgutils.unpack_tuple(builder, a.shape)[1]) as loop:
             k = loop.index
-            start = pointer(b, sig.args[1], k, ir.Constant(intp, 0) if panel else j0)
+            start = pointer(panel, sig.args[1], k, ir.Constant(intp, 0))
             b_k = [builder.load(vector_at(start, v), align=size) for v in range(vectors)]
             for r in range(rows):
                 a_rk = splat(builder.load(pointer(a, sig.args[0], row[r], k)))
@@ -135,30 +120,29 @@ def _tile(rows, vectors, scalar=False, panel=False):
     return intrinsic(typer)
 
 
-_tile_3 = _tile(4, 3)
-_tile_2 = _tile(4, 2)
-_tile_1 = _tile(4, 1)
-_tile_column = _tile(4, 1, scalar=True)
-_panel_block = _tile(4, PANEL_VECTORS, panel=True)
-_panel_row = _tile(1, PANEL_VECTORS, panel=True)
+_panel_block = _tile(4)
+_panel_row = _tile(1)
 
 
 @register_jitable
 def matmul(a, b, out):
-    """``out = a @ b`` for the products of the kernels (see the module docstring).
+    """``out = a @ b`` with ``b`` as it is: the input projection of a chunk.
 
-    Tiles take the blocks of 4 rows when ``b`` has at most `TILED_SIZE`
-    rows or columns (and is not a large weight); streamed rows take the
-    rest.  Measured on one core (AVX2), the best of eleven runs of many
-    calls, microseconds for streamed rows against tiles: (16, 32) @ (32,
-    128) 1.97 against 1.52, (16, 128) @ (128, 32) 2.66 against 1.63, (16,
-    64) @ (64, 256) 6.53 against 5.52, (16, 256) @ (256, 64) 9.11 against
-    6.18, (16, 64) @ (64, 64) 2.19 against 1.38, (448, 28) @ (28, 256) 108
-    against 74, (16, 512) @ (512, 128) 27.8 against 25.7; where both sizes
-    pass 128 the tiles do not gain, (16, 256) @ (256, 256) 29.1 against
-    29.1, (16, 256) @ (256, 768) 97 against 105, and a large weight
-    streamed from L3 needs its rows read in order, (4, 512) @ (512, 2048)
-    153 against 215.  One row is streamed: (1, 64) @ (64, 256) 0.69 us.
+    Four rows of ``a`` and four rows of ``b`` at a time: each load of a row
+    segment of ``b`` feeds 16 multiply-adds, and LLVM vectorises the loop
+    over the columns.  Measured on one core (AVX2) against the OpenBLAS
+    0.3.30 that Numba calls, which packs both operands at every call: a
+    chunk's step (16, 64) @ (64, 256) 7.9 against 15.6 us, (16, 128) @
+    (128, 512) 27.5-29.8 against 59.5-60.0 us, (16, 512) @ (512, 128) 33
+    against 60 us; one sample (1, 64) @ (64, 256) 0.87 against 0.99 us.
+    Long products, such as a whole sequence's input projection, ran
+    5-20% slower than BLAS.
+
+    Every output row is computed by the same arithmetic whatever its
+    position, alone or among others, so a sample's outputs do not depend on
+    the rest of its batch.  BLAS gives no such promise: OpenBLAS rounds a
+    row by its position in the call (16 equal rows gave 3 different
+    results).
 
     Parameters
     ----------
@@ -168,43 +152,10 @@ def matmul(a, b, out):
         Written.
     """
     n_rows, inner = a.shape
-    n_cols = b.shape[1]
-    tiled = 0
-    if min(inner, n_cols) <= TILED_SIZE and inner * n_cols * b.itemsize <= LARGE_WEIGHTS:
-        tiled = n_rows - n_rows % 4
-        _tiled_rows(a, b, out, tiled)
-    _streamed_rows(a, b, out, tiled)
-
-
-@register_jitable
-def _tiled_rows(a, b, out, stop):
-    """Rows ``0 .. stop`` (a multiple of 4) of ``out = a @ b`` in register tiles, widest first."""
-    n_cols = b.shape[1]
-    lanes = VECTOR_BYTES // out.itemsize
-    for i in range(0, stop, 4):
-        j = 0
-        while j + 3 * lanes <= n_cols:
-            _tile_3(a, b, out, i, j)
-            j += 3 * lanes
-        if j + 2 * lanes <= n_cols:
-            _tile_2(a, b, out, i, j)
-            j += 2 * lanes
-        if j + lanes <= n_cols:
-            _tile_1(a, b, out, i, j)
-            j += lanes
-        while j < n_cols:
-            _tile_column(a, b, out, i, j)
-            j += 1
-
-
-@register_jitable
-def _streamed_rows(a, b, out, start):
-    """Rows ``start ..`` of ``out = a @ b``: four rows of ``a`` by four rows of ``b`` at a time."""
-    n_rows, inner = a.shape
     inner4 = inner - inner % 4
-    rows4 = start + (n_rows - start) - (n_rows - start) % 4
-    out[start:] = 0
-    for i in range(start, rows4, 4):
+    rows4 = n_rows - n_rows % 4
+    out[:] = 0
+    for i in range(0, rows4, 4):
         o0, o1, o2, o3 = out[i], out[i + 1], out[i + 2], out[i + 3]
         a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
         for k in range(0, inner4, 4):
@@ -215,30 +166,30 @@ def _streamed_rows(a, b, out, start):
             x30, x31, x32, x33 = a3[k], a3[k + 1], a3[k + 2], a3[k + 3]
             for j in range(out.shape[1]):
                 v0, v1, v2, v3 = b0[j], b1[j], b2[j], b3[j]
-                o0[j] = fma(x03, v3, fma(x02, v2, fma(x01, v1, fma(x00, v0, o0[j]))))
-                o1[j] = fma(x13, v3, fma(x12, v2, fma(x11, v1, fma(x10, v0, o1[j]))))
-                o2[j] = fma(x23, v3, fma(x22, v2, fma(x21, v1, fma(x20, v0, o2[j]))))
-                o3[j] = fma(x33, v3, fma(x32, v2, fma(x31, v1, fma(x30, v0, o3[j]))))
+                o0[j] += x00 * v0 + x01 * v1 + x02 * v2 + x03 * v3
+                o1[j] += x10 * v0 + x11 * v1 + x12 * v2 + x13 * v3
+                o2[j] += x20 * v0 + x21 * v1 + x22 * v2 + x23 * v3
+                o3[j] += x30 * v0 + x31 * v1 + x32 * v2 + x33 * v3
         for k in range(inner4, inner):
             bk = b[k]
             x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
             for j in range(out.shape[1]):
-                o0[j] = fma(x0, bk[j], o0[j])
-                o1[j] = fma(x1, bk[j], o1[j])
-                o2[j] = fma(x2, bk[j], o2[j])
-                o3[j] = fma(x3, bk[j], o3[j])
+                o0[j] += x0 * bk[j]
+                o1[j] += x1 * bk[j]
+                o2[j] += x2 * bk[j]
+                o3[j] += x3 * bk[j]
     for i in range(rows4, n_rows):
         o0, a0 = out[i], a[i]
         for k in range(0, inner4, 4):
             b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
             x00, x01, x02, x03 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
             for j in range(out.shape[1]):
-                o0[j] = fma(x03, b3[j], fma(x02, b2[j], fma(x01, b1[j], fma(x00, b0[j], o0[j]))))
+                o0[j] += x00 * b0[j] + x01 * b1[j] + x02 * b2[j] + x03 * b3[j]
         for k in range(inner4, inner):
             bk = b[k]
             x0 = a0[k]
             for j in range(out.shape[1]):
-                o0[j] = fma(x0, bk[j], o0[j])
+                o0[j] += x0 * bk[j]
 
 
 def panel_width(dtype):
@@ -301,8 +252,7 @@ def panel_matmul(a, panels, out):
     """``out = a @ b`` for a ``b`` packed by `pack_panels`, panel by panel.
 
     Each panel stays in cache while every block of 4 rows of ``a`` (then
-    each row left) passes over it.  The same chain of multiply-adds per
-    element as `matmul`, so the same bits.
+    each row left) passes over it.
 
     Parameters
     ----------
@@ -320,35 +270,3 @@ def panel_matmul(a, panels, out):
             _panel_block(a, panel, out, i, p * width)
         for i in range(rows4, n_rows):
             _panel_row(a, panel, out, i, p * width)
-
-
-@register_jitable
-def uses_panels(n_inner, n_cols, itemsize):
-    """Whether the recurrent weights of a product ``(M, n_inner) @ (n_inner, n_cols)`` come in panels.
-
-    From `PANELS_FROM` bytes, which no longer fit a core's L1 cache: a
-    tile's strip of a row-major ``b`` is then a short piece of each of many
-    rows fetched from L2 or L3.  Measured on one core, microseconds of
-    `matmul` against `panel_matmul`: (16, 64) @ (64, 256) 6.3 against 5.7,
-    (16, 128) @ (128, 512) 27.1 against 22.4, (16, 512) @ (512, 128) 29.4
-    against 23.8, (16, 256) @ (256, 768) 85 against 65, (16, 768) @ (768,
-    256) 95 against 67, one row (1, 64) @ (64, 256) 0.94 against 0.87;
-    below it panels lost, (16, 128) @ (128, 32) 1.66 against 2.00, (16,
-    192) @ (192, 64) 4.6 against 5.0 (a last panel partly empty), and (1,
-    256) @ (256, 64) tied (0.96 against 1.02).
-    """
-    return n_inner * n_cols * itemsize >= PANELS_FROM
-
-
-@register_jitable
-def recurrent_product(a, w, out, n_cols):
-    """``out = a @ b`` by the recurrent weights ``w`` of a kernel, ``b`` having ``n_cols`` columns.
-
-    ``w`` is ``b`` itself as a (1, K, N) array, or its panels when
-    `uses_panels` (see ``layers._recurrent_weights``); ``out`` has
-    ``w.shape[0] * w.shape[2]`` columns either way.
-    """
-    if uses_panels(w.shape[1], n_cols, out.itemsize):
-        panel_matmul(a, w, out)
-    else:
-        matmul(a, w[0], out)

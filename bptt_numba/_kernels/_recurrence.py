@@ -17,11 +17,12 @@ step ``t`` and the state it read are contiguous slices of one buffer.
 Each kernel's ``prange`` body is one call of the cell's chunk function
 (``_forward_chunk``, ``_backward_chunk``): a serial function of one chunk's
 buffers, which is where the time loop lives, and the parallel region only
-hands out the chunks.  Array slices are copied with `copy`, not assigned:
+hands out the chunks, so Numba's parfor passes see a few statements instead
+of the whole time loop.  Array slices are copied with `copy`, not assigned:
 an assignment between arrays makes Numba compile the formatting of its
-shape error.  (Neither changed the cold compile time of a first LSTM fit,
-25-26 s against 25-26 s in alternating fresh processes, though the parfor
-passes see fewer statements; single runs had suggested 17 s.)
+shape error.  Together, in alternating fresh processes with an empty cache,
+a first LSTM fit compiled in 19-24 s instead of 24-31 s (5f9378a against
+1faff1f; single runs on this machine move by more than that).
 
 The per-sample gate loops take each gate block as its own view and index it
 from 0.  An index such as ``a[hidden + j]`` makes Numba check for a negative

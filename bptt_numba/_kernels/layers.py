@@ -17,7 +17,7 @@ import numpy as np
 
 from .._config import LARGE_WEIGHTS
 from . import elman, gru, lstm
-from ._products import pack_panels, pack_panels_serial, panel_width, uses_panels
+from ._products import pack_panels, pack_panels_serial, panel_width
 from ._recurrence import PROJECTED_STEPS, gradient_blocks, project_rows, sum_shares
 
 CELLS = {"rnn": elman, "lstm": lstm, "gru": gru}
@@ -75,19 +75,15 @@ def _large(w_hh):
 
 
 def _recurrent_weights(b, large):
-    """The ``b`` of a recurrent product ``a @ b`` as the kernels read it (``_products.recurrent_product``).
+    """The ``b`` of a recurrent product ``a @ b`` packed in panels for the kernels (``_products.pack_panels``).
 
-    ``b`` is ``W_hh.T`` (forward) or ``W_hh`` (backward): ``b`` itself,
-    C-ordered, as a (1, K, N) array; or, from ``_products.PANELS_FROM``
-    bytes, cut into contiguous panels (``_products.pack_panels``), large
-    weights over the threads (0.5-0.8 ms for a 2048 x 512 float32 matrix on
-    2 cores, where NumPy took 4.6 ms to transpose it).
+    ``b`` is ``W_hh.T`` (forward) or ``W_hh`` (backward).  Large weights
+    are packed over the threads (0.5-0.8 ms for a 2048 x 512 float32 matrix
+    on 2 cores, where NumPy took 4.6 ms to transpose it), small ones on this
+    thread.
     """
-    n_inner, n_cols = b.shape
-    if not uses_panels(n_inner, n_cols, b.itemsize):
-        return np.ascontiguousarray(b)[None]
     width = panel_width(b.dtype)
-    panels = np.empty((-(-n_cols // width), n_inner, width), dtype=b.dtype)
+    panels = np.empty((-(-b.shape[1] // width), b.shape[0], width), dtype=b.dtype)
     (pack_panels if large else pack_panels_serial)(b, panels)
     return panels
 

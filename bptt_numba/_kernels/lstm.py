@@ -23,7 +23,7 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._products import recurrent_product
+from ._products import panel_matmul
 from ._recurrence import (
     chunk_gradients, copy, crosses_border, output_grad, project_inputs, project_step, step_slots,
 )
@@ -109,10 +109,9 @@ def lstm_forward(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse, u
         Layer input.
     w_ih_t, b_ih, w_hh_t, b_hh : ndarray
         Weights: ``W_ih`` transposed, (D, 4H) C-ordered, and ``W_hh``
-        transposed as the products read it, (1, H, 4H) or in panels
-        (``_products.recurrent_product``; see
-        ``layers._recurrent_weights``), then the biases (4H,).  ``w_ih_t``
-        is not read when ``large`` (it may be empty).
+        transposed and packed in panels (``_products.pack_panels``), then
+        the biases (4H,).  ``w_ih_t`` is not read when ``large`` (it may be
+        empty).
     gates : ndarray of shape (K, T, C, 4H), or (K, P, C, 4H)
         Written: the activated gates i, f, g, o, kept for the backward pass;
         the last few steps' only with ``P`` < T slots (inference with small
@@ -153,7 +152,7 @@ def _forward_chunk(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, c, lengths, reverse,
     for s in range(n_steps):
         t, prev, new = step_slots(s, n_steps, reverse)
         g = t if tape else project_step(x, w_ih_t, b_ih, gates, t, reverse)
-        recurrent_product(h[prev], w_hh_t, rec, width)
+        panel_matmul(h[prev], w_hh_t, rec)
         for i in range(chunk):
             if t >= lengths[i]:
                 copy(h[prev, i], h[new, i])
@@ -173,8 +172,8 @@ def lstm_backward(
     x, h, c, lengths, reverse, use_relu
         As given to and written by `lstm_forward`.
     w_ih, w_hh : ndarray
-        PyTorch's ``W_ih``, (4H, D), and ``W_hh`` as the products read it,
-        (1, 4H, H) or in panels (see `lstm_forward`).
+        PyTorch's ``W_ih``, (4H, D), and ``W_hh``, (4H, H), packed in panels
+        (see `lstm_forward`).
     gates : ndarray of shape (K, T, C, 4H)
         On entry the gates from `lstm_forward`; on exit the gradient w.r.t.
         the gate pre-activations (zero at padded steps).
@@ -235,7 +234,7 @@ def _backward_chunk(w_hh, gates, c, lengths, reverse, truncate, t_offset, dh_out
             # recurrent weights of the step processed before it.
             later = t - 1 if reverse else t + 1
             cut = crosses_border(t, reverse, t_offset, truncate)
-            recurrent_product(gates[later], w_hh, dh_rec, hidden)
+            panel_matmul(gates[later], w_hh, dh_rec)
         for i in range(chunk):
             if s > 0 and later < lengths[i]:
                 if cut:
