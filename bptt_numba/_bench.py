@@ -36,7 +36,7 @@ from numba import prange
 
 from ._config import kernel
 from ._kernels import optim
-from ._kernels._products import matmul
+from ._kernels._products import pack_panels_serial, panel_matmul, panel_width
 from .network import Network
 from .training import _Adam
 
@@ -260,7 +260,7 @@ def _repeated_products(a, b, out, repeat):
     """Each task repeats one chunk's recurrent product on its own data."""
     for k in prange(a.shape[0]):
         for _ in range(repeat):
-            matmul(a[k], b, out[k])
+            panel_matmul(a[k], b, out[k])
 
 
 def product_ms(threads, repeat=400):
@@ -278,8 +278,10 @@ def product_ms(threads, repeat=400):
     try:
         rng = np.random.default_rng(0)
         a = rng.standard_normal((threads, 16, 128)).astype(np.float32)
-        b = rng.standard_normal((128, 512)).astype(np.float32)
-        out = np.empty((threads, 16, 512), dtype=np.float32)
+        width = panel_width(a.dtype)
+        b = np.empty((-(-512 // width), 128, width), dtype=np.float32)
+        pack_panels_serial(rng.standard_normal((128, 512)).astype(np.float32), b)
+        out = np.empty((threads, 16, b.shape[0] * b.shape[2]), dtype=np.float32)
         _repeated_products(a, b, out, repeat)
         seconds = []
         for _ in range(10):
