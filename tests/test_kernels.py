@@ -223,8 +223,11 @@ def _compiled_matmul(a, b, out):
 
 # Shapes with rows left over from the blocks of 4 and inner sizes with and
 # without a remainder of 4; for the panels, a last panel full or partly
-# empty.
-MATMUL_SHAPES = [(1, 1, 1), (5, 7, 3), (16, 64, 256), (3, 130, 9), (9, 33, 51), (7, 0, 12), (6, 129, 130)]
+# empty, and panels that the rows left over take in whole groups of
+# `ROW_PANELS` (96 columns), with some left, or none.
+MATMUL_SHAPES = [
+    (1, 1, 1), (5, 7, 3), (16, 64, 256), (3, 130, 9), (9, 33, 51), (7, 0, 12), (6, 129, 130), (5, 16, 96)
+]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -7,11 +7,11 @@ dominates the small products of a time step: (16, 64) @ (64, 256) took
 - The recurrent products: the kernels get ``W_hh`` packed once per call in
   panels of `PANEL_VECTORS` SIMD vectors of columns, each contiguous
   (`pack_panels`), and `panel_matmul` keeps a tile of 4 rows of ``out`` by
-  one panel in SIMD registers over the whole inner dimension, streaming the
-  panel in order, and stores it once.  The tiles are LLVM vector code
-  written with llvmlite (an ``intrinsic``): Numba disables LLVM's SLP
-  vectoriser, which is what would keep scalar accumulators in vector
-  registers.  Every element is the chain of fused multiply-adds ``acc =
+  one panel (or one row by `ROW_PANELS` panels) in SIMD registers over the
+  whole inner dimension, streaming the panels in order, and stores it
+  once.  The tiles are LLVM vector code written with llvmlite (an
+  ``intrinsic``): Numba disables LLVM's SLP vectoriser, which is what would
+  keep scalar accumulators in vector registers.  Every element is the chain of fused multiply-adds ``acc =
   fma(a[i, k], b[k, j], acc)`` for ``k = 0, 1, ...`` from 0.
 - The input projection of a chunk's steps, many rows by a ``W_ih`` read as
   it is: `matmul`, a loop over the columns that LLVM vectorises.
@@ -27,7 +27,8 @@ cache a first LSTM fit compiled in 27-33 s (median 29.6 s of 5) against
 39-45 s (39.0 s) with the register tiles for short rows, explicit-FMA
 streamed rows and panels only from 64 KiB that came before (2e1b9d7), and
 25-31 s (26.6 s) before any of them (5f9378a), at the same step times
-within 5%.
+within 5% (the one-row tile over `ROW_PANELS` panels, added after, left
+it at 28.3 s against 30.2 s, median of 3).
 
 Vectors are 32 bytes (8 float32 or 4 float64, AVX2); LLVM splits or widens
 them for other targets.  ``llvm.fma`` is one instruction on CPUs with FMA
@@ -58,28 +59,30 @@ def _fma_function(builder, vector_type, dtype, lanes):
     return cgutils.get_or_insert_function(builder.module, function_type, f"llvm.fma.v{lanes}{suffix}")
 
 
-def _tile(rows):
-    """An intrinsic ``tile(a, panel, out, i0, j0)``: rows ``i0 .. i0 + rows`` of ``out`` over one panel from column ``j0``.
+def _tile(rows, n_panels):
+    """An intrinsic ``tile(a, panels, out, i0, p0)``: rows ``i0 .. i0 + rows`` of ``out`` over panels ``p0 .. p0 + n_panels``.
 
-    ``panel`` is one panel of ``b`` (see `pack_panels`), ``PANEL_VECTORS``
-    vectors wide, all of which ``out`` must have room for.  ``a``,
-    ``panel`` and ``out`` are 2-D, C-ordered, of one float dtype; the tile
-    must lie inside them (not checked).
+    ``panels`` is ``b`` packed by `pack_panels`; ``out`` has room for all
+    their columns.  ``a``, ``panels`` and ``out`` are C-ordered, of one
+    float dtype; the tile must lie inside them (not checked).  The
+    ``rows * n_panels * PANEL_VECTORS`` sums are independent chains of
+    fused multiply-adds, as many as the CPU needs in flight to hide their
+    latency: 12 for 4 rows by one panel or one row by 4 panels.
     """
     vectors = PANEL_VECTORS
 
-    def typer(typingctx, a, panel, out, i0, j0):
-        arrays = (a, panel, out)
-        if not all(isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" for x in arrays):
+    def typer(typingctx, a, panels, out, i0, p0):
+        shapes = ((a, 2), (panels, 3), (out, 2))
+        if not all(isinstance(x, types.Array) and x.ndim == ndim and x.layout == "C" for x, ndim in shapes):
             return None
-        if a.dtype not in _FLOATS or not a.dtype == panel.dtype == out.dtype:
+        if a.dtype not in _FLOATS or not a.dtype == panels.dtype == out.dtype:
             return None
-        return types.void(a, panel, out, types.intp, types.intp), codegen
+        return types.void(a, panels, out, types.intp, types.intp), codegen
 
     def codegen(context, builder, sig, args):
         dtype = sig.args[0].dtype
-        a, panel, out = (context.make_array(ty)(context, builder, value) for ty, value in zip(sig.args[:3], args[:3]))
-        i0, j0 = args[3], args[4]
+        a, panels, out = (context.make_array(ty)(context, builder, value) for ty, value in zip(sig.args[:3], args[:3]))
+        i0, p0 = args[3], args[4]
         float_type = context.get_value_type(dtype)
         size = context.get_abi_sizeof(float_type)
         lanes = VECTOR_BYTES // size
@@ -87,12 +90,12 @@ def _tile(rows):
         fused = _fma_function(builder, vector_type, dtype, lanes)
         intp = context.get_value_type(types.intp)
         zero = ir.Constant(vector_type, [ir.Constant(float_type, 0.0)] * lanes)
-        sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(rows)]
+        sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(n_panels * vectors)] for _ in range(rows)]
 
-        def pointer(array, ty, i, j):
+        def pointer(array, ty, *index):
             shape = cgutils.unpack_tuple(builder, array.shape)
             strides = cgutils.unpack_tuple(builder, array.strides)
-            return cgutils.get_item_pointer2(context, builder, array.data, shape, strides, ty.layout, [i, j])
+            return cgutils.get_item_pointer2(context, builder, array.data, shape, strides, ty.layout, index)
 
         def vector_at(start, v):
             return builder.bitcast(builder.gep(start, [ir.Constant(intp, v * lanes)]), vector_type.as_pointer())
@@ -102,26 +105,35 @@ def _tile(rows):
             mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
             return builder.shuffle_vector(first, ir.Constant(vector_type, ir.Undefined), mask)
 
+        zero_index = ir.Constant(intp, 0)
         row = [builder.add(i0, ir.Constant(intp, r)) for r in range(rows)]
+        panel = [builder.add(p0, ir.Constant(intp, q)) for q in range(n_panels)]
         with cgutils.for_range(builder, cgutils.unpack_tuple(builder, a.shape)[1]) as loop:
             k = loop.index
-            start = pointer(panel, sig.args[1], k, ir.Constant(intp, 0))
-            b_k = [builder.load(vector_at(start, v), align=size) for v in range(vectors)]
+            b_k = []
+            for q in range(n_panels):
+                start = pointer(panels, sig.args[1], panel[q], k, zero_index)
+                b_k += [builder.load(vector_at(start, v), align=size) for v in range(vectors)]
             for r in range(rows):
                 a_rk = splat(builder.load(pointer(a, sig.args[0], row[r], k)))
-                for v in range(vectors):
-                    builder.store(builder.call(fused, [a_rk, b_k[v], builder.load(sums[r][v])]), sums[r][v])
+                for v, b_v in enumerate(b_k):
+                    builder.store(builder.call(fused, [a_rk, b_v, builder.load(sums[r][v])]), sums[r][v])
+        width = ir.Constant(intp, vectors * lanes)
         for r in range(rows):
-            start = pointer(out, sig.args[2], row[r], j0)
-            for v in range(vectors):
+            start = pointer(out, sig.args[2], row[r], builder.mul(p0, width))
+            for v in range(n_panels * vectors):
                 builder.store(builder.load(sums[r][v]), vector_at(start, v), align=size)
         return context.get_dummy_value()
 
     return intrinsic(typer)
 
 
-_panel_block = _tile(4)
-_panel_row = _tile(1)
+#: Panels one row takes at a time (`panel_matmul`).
+ROW_PANELS = 4
+
+_block = _tile(4, 1)
+_row = _tile(1, ROW_PANELS)
+_row_panel = _tile(1, 1)
 
 
 @register_jitable
@@ -249,10 +261,16 @@ def _pack_panel(b, panels, p):
 
 @register_jitable
 def panel_matmul(a, panels, out):
-    """``out = a @ b`` for a ``b`` packed by `pack_panels`, panel by panel.
+    """``out = a @ b`` for a ``b`` packed by `pack_panels`.
 
-    Each panel stays in cache while every block of 4 rows of ``a`` (then
-    each row left) passes over it.
+    Each group of `ROW_PANELS` panels stays in cache while every block of 4
+    rows of ``a`` passes over each of its panels, then each row left over
+    all of them at once.  One panel at a time, a row's 3 chains of
+    multiply-adds waited on each other: measured against that (in-process
+    A/B, 2 threads), an LSTM H=512 B=2 T=25 training step took 16% less,
+    predicting one H=512 sequence 4-9% less and three H=256 sequences 8%
+    less; H=64 with B=1 the same.  Every element is the same chain of fused
+    multiply-adds whichever tile computes it.
 
     Parameters
     ----------
@@ -262,11 +280,16 @@ def panel_matmul(a, panels, out):
         Written, the columns past ``b``'s with zeros.
     """
     n_rows = a.shape[0]
+    n_panels = panels.shape[0]
     rows4 = n_rows - n_rows % 4
-    width = panels.shape[2]
-    for p in range(panels.shape[0]):
-        panel = panels[p]
-        for i in range(0, rows4, 4):
-            _panel_block(a, panel, out, i, p * width)
+    for p0 in range(0, n_panels, ROW_PANELS):
+        stop = min(p0 + ROW_PANELS, n_panels)
+        for p in range(p0, stop):
+            for i in range(0, rows4, 4):
+                _block(a, panels, out, i, p)
         for i in range(rows4, n_rows):
-            _panel_row(a, panel, out, i, p * width)
+            if stop - p0 == ROW_PANELS:
+                _row(a, panels, out, i, p0)
+            else:
+                for p in range(p0, stop):
+                    _row_panel(a, panels, out, i, p)
