@@ -50,7 +50,7 @@ def _packed(b):
     """``b`` packed in panels, and an output row width with room for them."""
     width = panel_width(b.dtype)
     panels = np.empty((-(-b.shape[1] // width), b.shape[0], width), dtype=b.dtype)
-    pack_panels_serial(b, panels)
+    pack_panels_serial(b, False, panels)
     return panels, panels.shape[0] * width
 
 

@@ -280,7 +280,7 @@ def product_ms(threads, repeat=400):
         a = rng.standard_normal((threads, 16, 128)).astype(np.float32)
         width = panel_width(a.dtype)
         b = np.empty((-(-512 // width), 128, width), dtype=np.float32)
-        pack_panels_serial(rng.standard_normal((128, 512)).astype(np.float32), b)
+        pack_panels_serial(rng.standard_normal((128, 512)).astype(np.float32), False, b)
         out = np.empty((threads, 16, b.shape[0] * b.shape[2]), dtype=np.float32)
         _repeated_products(a, b, out, repeat)
         seconds = []

@@ -210,8 +210,8 @@ def panel_width(dtype):
 
 
 @kernel(parallel=True)
-def pack_panels(b, panels):
-    """Cut ``b`` into panels of `panel_width` columns, each contiguous: the layout `panel_matmul` reads.
+def pack_panels(w, transposed, panels):
+    """Cut ``b = w.T if transposed else w`` into panels of `panel_width` columns, each contiguous: the layout `panel_matmul` reads.
 
     A tile then streams its panel in order, where a strip of a row-major
     ``b`` is a short piece of each of its rows: for the 4 MiB of recurrent
@@ -223,40 +223,46 @@ def pack_panels(b, panels):
 
     Parameters
     ----------
-    b : ndarray of shape (K, N)
-        Any layout (``W.T`` of PyTorch's ``W`` packs without a copy).
+    w : ndarray of shape (N, K) if ``transposed``, else (K, N)
+        PyTorch's ``W_hh`` for either product (forward ``W_hh.T``, backward
+        ``W_hh``): one compiled packer for both, where passing ``W_hh.T``
+        would compile a second one for its F order (0.8 s from an empty
+        cache).
+    transposed : bool
     panels : ndarray of shape (ceil(N / width), K, width), C-ordered
         Written.
     """
     for p in prange(panels.shape[0]):
-        _pack_panel(b, panels, p)
+        _pack_panel(w, transposed, panels, p)
 
 
 @kernel
-def pack_panels_serial(b, panels):
+def pack_panels_serial(w, transposed, panels):
     """`pack_panels` on one thread."""
     for p in range(panels.shape[0]):
-        _pack_panel(b, panels, p)
+        _pack_panel(w, transposed, panels, p)
 
 
 @register_jitable
-def _pack_panel(b, panels, p):
+def _pack_panel(w, transposed, panels, p):
     """Panel ``p`` of `pack_panels`."""
-    n_inner, n_cols = b.shape
-    width = panels.shape[2]
+    n_inner, width = panels.shape[1:]
+    first = p * width
+    stop = min(width, (w.shape[0] if transposed else w.shape[1]) - first)
     panel = panels[p]
-    stop = min(width, n_cols - p * width)
     panel[:, stop:] = 0
-    # Read ``b`` along its contiguous axis: a row-major W (backward)
+    # Each element of ``w`` read along its rows: a row-major W (backward)
     # packed column by column took 2.8 ms instead of 0.8 (2048 x 512).
-    if b.strides[1] == b.itemsize:
-        for k in range(n_inner):
-            for c in range(stop):
-                panel[k, c] = b[k, p * width + c]
-    else:
+    if transposed:
         for c in range(stop):
+            row = w[first + c]
             for k in range(n_inner):
-                panel[k, c] = b[k, p * width + c]
+                panel[k, c] = row[k]
+    else:
+        for k in range(n_inner):
+            row = w[k]
+            for c in range(stop):
+                panel[k, c] = row[first + c]
 
 
 @register_jitable

@@ -74,17 +74,17 @@ def _large(w_hh):
     return w_hh.nbytes > LARGE_WEIGHTS
 
 
-def _recurrent_weights(b, large):
-    """The ``b`` of a recurrent product ``a @ b`` packed in panels for the kernels (``_products.pack_panels``).
+def _recurrent_weights(w_hh, transposed, large):
+    """``b = W_hh.T`` (forward, ``transposed``) or ``W_hh`` (backward) packed in panels for the kernels' products.
 
-    ``b`` is ``W_hh.T`` (forward) or ``W_hh`` (backward).  Large weights
-    are packed over the threads (0.5-0.8 ms for a 2048 x 512 float32 matrix
-    on 2 cores, where NumPy took 4.6 ms to transpose it), small ones on this
-    thread.
+    See ``_products.pack_panels``.  Large weights are packed over the
+    threads (0.5-0.8 ms for a 2048 x 512 float32 matrix on 2 cores, where
+    NumPy took 4.6 ms to transpose it), small ones on this thread.
     """
-    width = panel_width(b.dtype)
-    panels = np.empty((-(-b.shape[1] // width), b.shape[0], width), dtype=b.dtype)
-    (pack_panels if large else pack_panels_serial)(b, panels)
+    width = panel_width(w_hh.dtype)
+    n_cols, n_inner = w_hh.shape if transposed else w_hh.shape[::-1]
+    panels = np.empty((-(-n_cols // width), n_inner, width), dtype=w_hh.dtype)
+    (pack_panels if large else pack_panels_serial)(w_hh, transposed, panels)
     return panels
 
 
@@ -137,7 +137,7 @@ def forward(
     slot = n_steps if reverse else 0
     for buffer, initial in zip((h, aux), state0 or (0,) * module.N_STATE):
         buffer[:, slot] = initial
-    w_hh_t = _recurrent_weights(w_hh.T, large)
+    w_hh_t = _recurrent_weights(w_hh, True, large)
     _check_buffers(x, b_ih, b_hh, gates, h, aux)
     if large:
         project_rows(x.reshape((-1, x.shape[3])), w_ih, b_ih, gates.reshape((-1, width)), numba.get_num_threads())
@@ -214,7 +214,7 @@ def backward(
         out_steps = np.empty(0, dtype=np.int64)
     _check_buffers(x, w_ih, w_hh, gates, h, aux, dh_out, dx, *shares, dh_sq)
     KERNELS[cell, "backward"](
-        x, w_ih, _recurrent_weights(w_hh, large), gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out,
+        x, w_ih, _recurrent_weights(w_hh, False, large), gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out,
         out_steps, dx, *shares, dh_sq, large,
     )
     if large:
