@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from bptt_numba._bench import median_ms
 from bptt_numba._config import kernel
-from bptt_numba._kernels._products import matmul, pack_panels_serial, panel_matmul, panel_width
+from bptt_numba._kernels._products import matmul, packed, panel_matmul
 
 SHAPES = [
     (16, 32, 128), (16, 64, 256), (16, 256, 64), (16, 128, 512), (16, 512, 128), (16, 256, 768), (16, 512, 2048),
@@ -46,14 +46,6 @@ def _panel_matmul(a, panels, out):
     panel_matmul(a, panels, out)
 
 
-def _packed(b):
-    """``b`` packed in panels, and an output row width with room for them."""
-    width = panel_width(b.dtype)
-    panels = np.empty((-(-b.shape[1] // width), b.shape[0], width), dtype=b.dtype)
-    pack_panels_serial(b, False, panels)
-    return panels, panels.shape[0] * width
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=200)
@@ -70,13 +62,13 @@ def main(argv=None):
             a = rng.standard_normal((m, k)).astype(np.float32)
             b = rng.standard_normal((k, n)).astype(np.float32)
             out = np.empty((m, n), np.float32)
-            panels, padded = _packed(b)
-            wide = np.empty((m, padded), np.float32)
-            packed = median_ms(lambda: _panel_matmul(a, panels, wide), args.repeat)
+            panels = packed(b, False, False)
+            wide = np.empty((m, panels.shape[0] * panels.shape[2]), np.float32)
+            in_panels = median_ms(lambda: _panel_matmul(a, panels, wide), args.repeat)
             own = median_ms(lambda: _matmul(a, b, out), args.repeat)
             ours = median_ms(lambda: _numba_dot(a, b, out), args.repeat)
             theirs = median_ms(lambda: np.dot(a, b, out), args.repeat)
-            print(f"{m:4d} {k:4d} {n:5d} {1e3 * packed:10.1f} {1e3 * own:10.1f} {1e3 * ours:9.1f} {1e3 * theirs:9.1f}")
+            print(f"{m:4d} {k:4d} {n:5d} {1e3 * in_panels:10.1f} {1e3 * own:10.1f} {1e3 * ours:9.1f} {1e3 * theirs:9.1f}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from numba import prange
 
 from ._config import kernel
 from ._kernels import optim
-from ._kernels._products import pack_panels_serial, panel_matmul, panel_width
+from ._kernels._products import packed, panel_matmul
 from .network import Network
 from .training import _Adam
 
@@ -278,9 +278,7 @@ def product_ms(threads, repeat=400):
     try:
         rng = np.random.default_rng(0)
         a = rng.standard_normal((threads, 16, 128)).astype(np.float32)
-        width = panel_width(a.dtype)
-        b = np.empty((-(-512 // width), 128, width), dtype=np.float32)
-        pack_panels_serial(rng.standard_normal((128, 512)).astype(np.float32), False, b)
+        b = packed(rng.standard_normal((128, 512)).astype(np.float32), False, False)
         out = np.empty((threads, 16, b.shape[0] * b.shape[2]), dtype=np.float32)
         _repeated_products(a, b, out, repeat)
         seconds = []

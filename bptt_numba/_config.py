@@ -78,8 +78,8 @@ def kernel_section(blas_threads=1):
     single-threaded and the thread count is Numba's alone.
 
     ``blas_threads=None`` is for kernels that call no BLAS (forward passes
-    with small weights: ``_kernels._products.matmul`` does their
-    products); BLAS is left as it is, which saves a one-sequence prediction
+    with small weights: ``_kernels._products`` does their products);
+    BLAS is left as it is, which saves a one-sequence prediction
     the 5-8 us of setting and restoring its thread counts.
     """
     libraries = _blas_libraries() if blas_threads is not None else []

@@ -283,7 +283,7 @@ class Network:
         """
         batch = self._batch(X, lengths, state, output)
         workspace = self._workspace()
-        # Forward kernels with small weights call no BLAS (`_products.matmul`): BLAS is left alone.
+        # Forward kernels with small weights call no BLAS (`_kernels._products`): BLAS is left alone.
         with kernel_section(1 if batch.large else None):
             tapes, top = self._forward_layers(batch.x, batch.lengths, batch.state, workspace=workspace, tape=False)
         chunk = batch.x.shape[2]

@@ -251,7 +251,7 @@ def _panel_product(a, b, parallel=False):
     """``a @ b`` through the recurrent product, ``b`` packed first; the padded columns too."""
     # A transposed b (F-ordered) is packed from its transpose, as W_hh.T is.
     transposed = not b.flags.c_contiguous
-    panels = layers._recurrent_weights(b.T if transposed else b, transposed, parallel)
+    panels = _products.packed(b.T if transposed else b, transposed, parallel)
     out = np.full((a.shape[0], panels.shape[0] * panels.shape[2]), np.nan, a.dtype)
     _compiled_panel_matmul(a, panels, out)
     return out

@@ -443,6 +443,19 @@ def test_loss_without_gradient_equals_loss_and_grad(output, loss):
     assert got == pytest.approx(expected, rel=1e-12)
 
 
+def _assert_matches_the_reference(net, X, y, lengths, output, truncate, result):
+    """``result`` of `Network._backprop` (with the input gradient) and the forward pass against the naive reference."""
+    value, grads, dX = naive.naive_loss_and_grad(
+        net.get_weights(), X, y, lengths, **_model(net), output=output, truncate=truncate
+    )
+    assert result.loss == pytest.approx(value, rel=1e-12)
+    assert relative_error(result.grad, np.concatenate([grads[k].ravel() for k in net.parameter_shapes])) < 1e-10
+    assert relative_error(result.input_grad, dX) < 1e-10
+    Y, _ = net.forward(X, lengths, output=output)
+    Y_ref, _ = naive.naive_forward(net.get_weights(), X, lengths, **_model(net), output=output)
+    np.testing.assert_allclose(Y, Y_ref, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 @pytest.mark.parametrize(
     "cell, hidden_sizes, bidirectional, output, truncate",
@@ -475,15 +488,7 @@ def test_large_weights_take_the_whole_batch_plan_and_agree(cell, hidden_sizes, b
         numba.set_num_threads(previous)
     one, two = results
     assert relative_error(one.grad, two.grad) < 1e-10
-    value, grads, dX = naive.naive_loss_and_grad(
-        net.get_weights(), X, y, lengths, **_model(net), output=output, truncate=truncate
-    )
-    assert two.loss == pytest.approx(value, rel=1e-12)
-    assert relative_error(two.grad, np.concatenate([grads[k].ravel() for k in net.parameter_shapes])) < 1e-10
-    assert relative_error(two.input_grad, dX) < 1e-10
-    Y, _ = net.forward(X, lengths, output=output)
-    Y_ref, _ = naive.naive_forward(net.get_weights(), X, lengths, **_model(net), output=output)
-    np.testing.assert_allclose(Y, Y_ref, rtol=1e-12, atol=1e-12)
+    _assert_matches_the_reference(net, X, y, lengths, output, truncate, two)
 
 
 @pytest.mark.parametrize(
@@ -499,15 +504,7 @@ def test_recurrent_weights_in_panels_agree_with_the_reference(cell, hidden_sizes
     w_hh = net.get_weights()["weight_hh_l0"]
     assert 32 << 10 < w_hh.nbytes <= LARGE_WEIGHTS
     result = net._backprop(X, y, lengths, "mse", output, truncate, None, None, 0, 0.0, None, need_input_grad=True)
-    value, grads, dX = naive.naive_loss_and_grad(
-        net.get_weights(), X, y, lengths, **_model(net), output=output, truncate=truncate
-    )
-    assert result.loss == pytest.approx(value, rel=1e-12)
-    assert relative_error(result.grad, np.concatenate([grads[k].ravel() for k in net.parameter_shapes])) < 1e-10
-    assert relative_error(result.input_grad, dX) < 1e-10
-    Y, _ = net.forward(X, lengths, output=output)
-    Y_ref, _ = naive.naive_forward(net.get_weights(), X, lengths, **_model(net), output=output)
-    np.testing.assert_allclose(Y, Y_ref, rtol=1e-12, atol=1e-12)
+    _assert_matches_the_reference(net, X, y, lengths, output, truncate, result)
 
 
 def test_reused_buffers_never_leak_between_calls_or_threads():

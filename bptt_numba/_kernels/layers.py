@@ -17,7 +17,7 @@ import numpy as np
 
 from .._config import LARGE_WEIGHTS
 from . import elman, gru, lstm
-from ._products import pack_panels, pack_panels_serial, panel_width
+from ._products import packed
 from ._recurrence import PROJECTED_STEPS, gradient_blocks, project_rows, sum_shares
 
 CELLS = {"rnn": elman, "lstm": lstm, "gru": gru}
@@ -74,20 +74,6 @@ def _large(w_hh):
     return w_hh.nbytes > LARGE_WEIGHTS
 
 
-def _recurrent_weights(w_hh, transposed, large):
-    """``b = W_hh.T`` (forward, ``transposed``) or ``W_hh`` (backward) packed in panels for the kernels' products.
-
-    See ``_products.pack_panels``.  Large weights are packed over the
-    threads (0.5-0.8 ms for a 2048 x 512 float32 matrix on 2 cores, where
-    NumPy took 4.6 ms to transpose it), small ones on this thread.
-    """
-    width = panel_width(w_hh.dtype)
-    n_cols, n_inner = w_hh.shape if transposed else w_hh.shape[::-1]
-    panels = np.empty((-(-n_cols // width), n_inner, width), dtype=w_hh.dtype)
-    (pack_panels if large else pack_panels_serial)(w_hh, transposed, panels)
-    return panels
-
-
 def forward(
     cell, x, w_ih, b_ih, w_hh, b_hh, state0, lengths, reverse, use_relu=False, workspace=None, key=(), tape=True
 ):
@@ -137,7 +123,8 @@ def forward(
     slot = n_steps if reverse else 0
     for buffer, initial in zip((h, aux), state0 or (0,) * module.N_STATE):
         buffer[:, slot] = initial
-    w_hh_t = _recurrent_weights(w_hh, True, large)
+    # Packed per call: the weights change at every optimizer step.
+    w_hh_t = packed(w_hh, True, large)
     _check_buffers(x, b_ih, b_hh, gates, h, aux)
     if large:
         project_rows(x.reshape((-1, x.shape[3])), w_ih, b_ih, gates.reshape((-1, width)), numba.get_num_threads())
@@ -214,7 +201,7 @@ def backward(
         out_steps = np.empty(0, dtype=np.int64)
     _check_buffers(x, w_ih, w_hh, gates, h, aux, dh_out, dx, *shares, dh_sq)
     KERNELS[cell, "backward"](
-        x, w_ih, _recurrent_weights(w_hh, False, large), gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out,
+        x, w_ih, packed(w_hh, False, large), gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out,
         out_steps, dx, *shares, dh_sq, large,
     )
     if large:
