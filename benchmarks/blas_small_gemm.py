@@ -43,7 +43,7 @@ def _matmul(a, b, out):
 
 @kernel
 def _panel_matmul(a, panels, out):
-    panel_matmul(a, panels, out)
+    panel_matmul(a, panels, out, False)
 
 
 def main(argv=None):

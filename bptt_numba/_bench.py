@@ -259,8 +259,8 @@ def run(args):
 def _repeated_products(a, b, out, repeat):
     """Each task repeats one chunk's recurrent product on its own data."""
     for k in prange(a.shape[0]):
-        for _ in range(repeat):
-            panel_matmul(a[k], b, out[k])
+        for r in range(repeat):
+            panel_matmul(a[k], b, out[k], r % 2 == 1)
 
 
 def product_ms(threads, repeat=400):

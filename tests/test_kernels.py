@@ -243,17 +243,17 @@ def test_matmul_matches_numpy_with_any_remainders(shape, dtype):
 
 
 @numba.njit
-def _compiled_panel_matmul(a, panels, out):
-    _products.panel_matmul(a, panels, out)
+def _compiled_panel_matmul(a, panels, out, backwards):
+    _products.panel_matmul(a, panels, out, backwards)
 
 
-def _panel_product(a, b, parallel=False):
+def _panel_product(a, b, parallel=False, backwards=False):
     """``a @ b`` through the recurrent product, ``b`` packed first; the padded columns too."""
     # A transposed b (F-ordered) is packed from its transpose, as W_hh.T is.
     transposed = not b.flags.c_contiguous
     panels = _products.packed(b.T if transposed else b, transposed, parallel)
     out = np.full((a.shape[0], panels.shape[0] * panels.shape[2]), np.nan, a.dtype)
-    _compiled_panel_matmul(a, panels, out)
+    _compiled_panel_matmul(a, panels, out, backwards)
     return out
 
 
@@ -271,6 +271,7 @@ def test_panel_product_matches_numpy_from_either_layout(shape, dtype, transposed
     np.testing.assert_allclose(out[:, :n], expected, rtol=tolerance, atol=tolerance)
     np.testing.assert_array_equal(out[:, n:], 0)
     np.testing.assert_array_equal(_panel_product(a, b, parallel=True), out)
+    np.testing.assert_array_equal(_panel_product(a, b, backwards=True), out)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -92,7 +92,7 @@ def _forward_chunk(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, lengths, reverse, us
     for s in range(n_steps):
         t, prev, new = step_slots(s, n_steps, reverse)
         g = t if tape else project_step(x, w_ih_t, b_ih, gates, t, reverse)
-        panel_matmul(h[prev], w_hh_t, rec)
+        panel_matmul(h[prev], w_hh_t, rec, s % 2 == 1)
         for i in range(chunk):
             if t >= lengths[i]:
                 copy(h[prev, i], h[new, i])
@@ -144,7 +144,7 @@ def _backward_chunk(w_hh, gates, h, lengths, reverse, use_relu, truncate, t_offs
         if s > 0:
             later = t - 1 if reverse else t + 1
             cut = crosses_border(t, reverse, t_offset, truncate)
-            panel_matmul(gates[later], w_hh, dh_rec)
+            panel_matmul(gates[later], w_hh, dh_rec, s % 2 == 1)
         for i in range(chunk):
             if s > 0 and later < lengths[i]:
                 if cut:

@@ -135,7 +135,7 @@ def _forward_chunk(x, w_ih_t, b_ih, w_hh_t, b_hh, gates, h, rec, lengths, revers
     for s in range(n_steps):
         t, prev, new = step_slots(s, n_steps, reverse)
         g = t if tape else project_step(x, w_ih_t, b_ih, gates, t, reverse)
-        panel_matmul(h[prev], w_hh_t, step_rec)
+        panel_matmul(h[prev], w_hh_t, step_rec, s % 2 == 1)
         for i in range(chunk):
             if t >= lengths[i]:
                 copy(h[prev, i], h[new, i])
@@ -191,7 +191,7 @@ def _backward_chunk(w_hh, gates, h, rec, lengths, reverse, truncate, t_offset, d
         if s > 0:
             later = t - 1 if reverse else t + 1
             cut = crosses_border(t, reverse, t_offset, truncate)
-            panel_matmul(rec[later], w_hh, dh_rec)
+            panel_matmul(rec[later], w_hh, dh_rec, s % 2 == 1)
         for i in range(chunk):
             if s > 0 and later < lengths[i]:
                 if cut:
