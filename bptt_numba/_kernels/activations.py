@@ -8,7 +8,7 @@ in Numba and would silently promote float32 gate math to float64.
 
 import numpy as np
 from numba import types
-from numba.extending import overload
+from numba.extending import overload, register_jitable
 from numba.np.numpy_support import as_dtype
 
 
@@ -100,3 +100,24 @@ _float_overload(dtanh, lambda zero, half, one: lambda x: one - x * x)
 _float_overload(relu, lambda zero, half, one: lambda x: x if x > zero else zero)
 _float_overload(drelu, lambda zero, half, one: lambda x: one if x > zero else zero)
 _float_overload(one_minus, lambda zero, half, one: lambda x: one - x)
+
+
+# In-place activations of a block of gates.  As loops of their own over one
+# contiguous array they keep the polynomial's constants in registers and need
+# no alias checks: the LSTM gate math written as one loop over its ten arrays
+# spilled registers and took twice as long (H=64, 16 samples a step: 5.3
+# against 2.7 ns a unit, this machine, AVX2).
+
+
+@register_jitable
+def sigmoid_block(a):
+    """``a[:] = sigmoid(a)``, in place."""
+    for j in range(a.shape[0]):
+        a[j] = sigmoid(a[j])
+
+
+@register_jitable
+def tanh_block(a):
+    """``a[:] = tanh(a)``, in place."""
+    for j in range(a.shape[0]):
+        a[j] = tanh(a[j])

@@ -21,7 +21,7 @@ from ._products import panel_matmul
 from ._recurrence import (
     chunk_gradients, copy, crosses_border, output_grad, project_inputs, project_step, step_slots,
 )
-from .activations import dsigmoid, dtanh, one_minus, sigmoid, tanh
+from .activations import dsigmoid, dtanh, one_minus, sigmoid_block, tanh_block
 
 #: Gate blocks per layer, and state buffers (h) after the gates in a tape.
 N_GATES = 3
@@ -48,21 +48,25 @@ def _cell_forward(a, r, b_hh, h_prev, h_new, rec_n):
     """One sample's step: gates from pre-activations, and the new state.
 
     ``a`` holds the input projection and receives the gates; ``rec_n``
-    receives ``W_hn h + b_hn`` for the backward pass.
+    receives ``W_hn h + b_hn`` for the backward pass.  Pre-activations,
+    activations and the state are loops of their own (see
+    ``activations.sigmoid_block``): as one loop, H=64 took 4.8 instead of
+    3.3 ns a unit (16 samples).
     """
+    n = h_prev.shape[0]
+    for j in range(2 * n):
+        a[j] = a[j] + r[j] + b_hh[j]
+    sigmoid_block(a[: 2 * n])
     ar, az, an = _blocks(a)
-    rr, rz, rn = _blocks(r)
-    br, bz, bn = _blocks(b_hh)
-    for j in range(h_prev.shape[0]):
-        rg = sigmoid(ar[j] + rr[j] + br[j])
-        zg = sigmoid(az[j] + rz[j] + bz[j])
+    rn = r[2 * n : 3 * n]
+    bn = b_hh[2 * n :]
+    for j in range(n):
         hn = rn[j] + bn[j]
-        ng = tanh(an[j] + rg * hn)
-        h_new[j] = one_minus(zg) * ng + zg * h_prev[j]
         rec_n[j] = hn
-        ar[j] = rg
-        az[j] = zg
-        an[j] = ng
+        an[j] = an[j] + ar[j] * hn
+    tanh_block(an)
+    for j in range(n):
+        h_new[j] = one_minus(az[j]) * an[j] + az[j] * h_prev[j]
 
 
 @register_jitable

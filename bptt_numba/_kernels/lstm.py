@@ -27,7 +27,7 @@ from ._products import panel_matmul
 from ._recurrence import (
     chunk_gradients, copy, crosses_border, output_grad, project_inputs, project_step, step_slots,
 )
-from .activations import dsigmoid, dtanh, sigmoid, tanh
+from .activations import dsigmoid, dtanh, sigmoid_block, tanh, tanh_block
 
 #: Gate blocks per layer, and state buffers (h, c) after the gates in a tape.
 N_GATES = 4
@@ -53,23 +53,21 @@ def _blocks(a):
 def _cell_forward(a, r, b_hh, c_prev, c_new, h_new):
     """One sample's step: gates from pre-activations, new cell and hidden state.
 
-    ``a`` holds the input projection and receives the activated gates.
+    ``a`` holds the input projection and receives the activated gates: the
+    pre-activations, each activation and the new state are loops of their
+    own (see ``activations.sigmoid_block``).
     """
+    for j in range(a.shape[0]):
+        a[j] = a[j] + r[j] + b_hh[j]
+    n = c_prev.shape[0]
     ai, af, ag, ao = _blocks(a)
-    ri, rf, rg, ro = _blocks(r)
-    bi, bf, bg, bo = _blocks(b_hh)
-    for j in range(c_prev.shape[0]):
-        ig = sigmoid(ai[j] + ri[j] + bi[j])
-        fg = sigmoid(af[j] + rf[j] + bf[j])
-        gg = tanh(ag[j] + rg[j] + bg[j])
-        og = sigmoid(ao[j] + ro[j] + bo[j])
-        cj = fg * c_prev[j] + ig * gg
+    sigmoid_block(a[: 2 * n])
+    tanh_block(ag)
+    sigmoid_block(ao)
+    for j in range(n):
+        cj = af[j] * c_prev[j] + ai[j] * ag[j]
         c_new[j] = cj
-        h_new[j] = og * tanh(cj)
-        ai[j] = ig
-        af[j] = fg
-        ag[j] = gg
-        ao[j] = og
+        h_new[j] = ao[j] * tanh(cj)
 
 
 @register_jitable
