@@ -200,18 +200,23 @@ def test_denormals_are_flushed_inside_kernels_only():
 @pytest.mark.parametrize("n_chunks", [2, 3, 16])
 def test_sum_shares_adds_in_chunk_order_on_any_thread_count(n_chunks):
     rng = np.random.default_rng(n_chunks)
-    shares = rng.standard_normal((n_chunks, 2 * _recurrence.SUM_BLOCK + 37)).astype(np.float32)
-    expected = shares[0].copy()
-    for share in shares[1:]:
-        expected += share
+    sizes = (2 * _recurrence.SUM_BLOCK + 37, 5, _recurrence.SUM_BLOCK)
+    shares = tuple(rng.standard_normal((n_chunks, size)).astype(np.float32) for size in sizes)
+    expected = []
+    for array in shares:
+        total = array[0].copy()
+        for share in array[1:]:
+            total += share
+        expected.append(total)
     previous = numba.get_num_threads()
     try:
         for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
             numba.set_num_threads(threads)
-            work = shares.copy()
+            work = tuple(array.copy() for array in shares)
             _recurrence.sum_shares(work)
-            np.testing.assert_array_equal(work[0], expected)
-            np.testing.assert_array_equal(work[1:], shares[1:])
+            for result, total, array in zip(work, expected, shares):
+                np.testing.assert_array_equal(result[0], total)
+                np.testing.assert_array_equal(result[1:], array[1:])
     finally:
         numba.set_num_threads(previous)
 

@@ -207,8 +207,7 @@ def backward(
     if large:
         _whole_batch_gradients(CELLS[cell], x, w_ih, gates, h, aux, reverse, dx, shares)
     elif n_chunks > 1:
-        for share in shares:
-            sum_shares(share.reshape((n_chunks, -1)))
+        sum_shares(tuple(share.reshape((n_chunks, -1)) for share in shares))
     return (dx if need_dx else None), tuple(share[0] for share in shares)
 
 
