@@ -164,24 +164,26 @@ def check_targets(y, loss, output, lengths, n_steps, n_outputs, dtype):
     """
     n_samples = lengths.shape[0]
     lead = (n_samples,) if output == "last" else (n_samples, n_steps)
-    mask = np.ones(n_samples, bool) if output == "last" else valid_mask(lengths, n_steps)
+    # Every sample has its last step: only "sequence" targets have padding.
+    mask = None if output == "last" else valid_mask(lengths, n_steps)
     array = np.asarray(y)
     if loss == "cross_entropy":
         if array.shape != lead:
             raise ValueError(f"cross_entropy targets must be class indices of shape {lead}; got {array.shape}")
-        labels = array[mask]
+        labels = array if mask is None else array[mask]
         if array.dtype.kind not in "iu" and not (array.dtype.kind == "f" and np.all(labels == np.round(labels))):
             raise TypeError(f"cross_entropy targets must be integer class indices; got dtype {array.dtype}")
         if labels.min() < 0 or labels.max() >= n_outputs:
             raise ValueError(f"class indices must lie in [0, {n_outputs}); got {labels.min()} to {labels.max()}")
-        return np.where(mask, array, 0).astype(np.int64)
+        return (array if mask is None else np.where(mask, array, 0)).astype(np.int64)
     if array.shape == lead and n_outputs == 1:
         array = array[..., None]
     if array.shape != lead + (n_outputs,):
         raise ValueError(f"y must have shape {lead + (n_outputs,)} for output={output!r}; got {np.shape(y)}")
     array = _as_float_array("y", array, dtype)
-    check_finite("y", array[mask])
-    if loss == "binary_cross_entropy" and (array[mask].min() < 0 or array[mask].max() > 1):
+    valid = array if mask is None else array[mask]
+    check_finite("y", valid)
+    if loss == "binary_cross_entropy" and (valid.min() < 0 or valid.max() > 1):
         raise ValueError("binary_cross_entropy targets must lie in [0, 1]")
     return array
 

@@ -490,6 +490,9 @@ class Network:
                 part, state_now, dx = self._segment(
                     x, seg_lengths, state_now, objective, t0, cut, grad, need_input_grad, masks, flow
                 )
+                if t1 < n_steps:
+                    # Copies: the next segment's pass reuses the tapes' buffers.
+                    state_now = [[tuple(array.copy() for array in parts) for parts in layer] for layer in state_now]
                 value += part
                 input_grads.append(dx)
                 flows.append(flow)
@@ -575,9 +578,7 @@ class Network:
         dx = self._backward_layers(
             tapes, lengths, d_top, out_steps, truncate, t0, grads, need_input_grad, masks, flow, workspace
         )
-        # Copies: the next segment's pass reuses the tapes' buffers.
-        final = [[tuple(part.copy() for part in parts) for parts in layer] for layer in self._final_states(tapes)]
-        return value, final, None if dx is None else dx.copy()
+        return value, self._final_states(tapes), None if dx is None else dx.copy()
 
     def _top_gradient(self, d_features, b_idx, t_idx, shape, output):
         """d loss / d top layer output, per direction, for `layers.backward`.
