@@ -77,6 +77,10 @@ def kernel_section(blas_threads=1):
     on both cores took 35-44 ms instead of 19-25.  So BLAS runs
     single-threaded and the thread count is Numba's alone.
 
+    Sections nest: the training loop holds one for a whole fit, so that
+    its steps find the thread counts already set (setting and restoring
+    them took 54 us of an LSTM H=64 B=64 step).
+
     ``blas_threads=None`` is for kernels that call no BLAS (forward passes
     with small weights: ``_kernels._products`` does their products);
     BLAS is left as it is, which saves a one-sequence prediction

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import _validation as val
+from ._config import kernel_section
 from ._kernels import optim
 
 SOLVERS = ("adam", "adamw", "sgd", "rmsprop", "lbfgs")
@@ -256,10 +257,12 @@ class Trainer:
         if self.early_stopping:
             data, validation = self._validation_split(data, validation_data)
         if self.solver == "lbfgs":
-            self._fit_lbfgs(data)
+            with kernel_section():
+                self._fit_lbfgs(data)
             self.network._trim_workspace()
             return self
-        with _interruptible() as interrupted:
+        # One section for the whole fit (see kernel_section).
+        with _interruptible() as interrupted, kernel_section():
             for _ in range(self.max_iter):
                 self._epoch(data, interrupted)
                 if interrupted():
@@ -296,7 +299,7 @@ class Trainer:
         if self.solver == "lbfgs":
             raise ValueError("partial_fit needs a stochastic solver, not 'lbfgs'")
         data = self._check_data(X, y, lengths, sample_weight)
-        with _interruptible() as interrupted:
+        with _interruptible() as interrupted, kernel_section():
             self._epoch(data, interrupted)
         self._end_of_epoch(None)
         return self

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import naive
+from bptt_numba import _config
 from bptt_numba._kernels import _products, _recurrence, activations, layers, losses
 from problems import relative_error
 
@@ -135,6 +136,24 @@ def test_float32_tanh_is_accurate_and_bounded():
     assert np.abs((out - exact)[nonzero] / exact[nonzero]).max() < 1e-6
     assert np.abs(out).max() <= 1.0
     np.testing.assert_array_equal(out[::-1], -out)  # exactly odd
+
+
+@numba.njit(fastmath=set(_config.FASTMATH), error_model=_config.ERROR_MODEL)
+def _block_activations(x, y):
+    activations.sigmoid_block(x)
+    activations.tanh_block(y)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_block_activations_match_numpy_and_keep_nan(dtype):
+    exact = np.linspace(-30, 30, 1001)
+    exact[500] = np.nan
+    x, y = exact.astype(dtype), exact.astype(dtype)
+    _block_activations(x, y)
+    tolerance = 1e-6 if dtype == np.float32 else 1e-15
+    np.testing.assert_allclose(x, 1 / (1 + np.exp(-exact)), rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(y, np.tanh(exact), rtol=tolerance, atol=tolerance)
+    assert np.isnan(x[500]) and np.isnan(y[500])
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
