@@ -241,6 +241,26 @@ def test_sum_shares_adds_in_chunk_order_on_any_thread_count(n_chunks):
 
 
 @numba.njit
+def _compiled_gradient_matmul(d, x, out):
+    _products.gradient_matmul(d, x, out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (37, 13, 5), (300, 40, 10), (600, 96, 4), (260, 203, 33)])
+def test_gradient_product_matches_numpy(shape, dtype):
+    # Rows past a block of GRADIENT_ROWS, outputs past whole vectors and
+    # columns past whole tiles: every path of the product.
+    n_rows, n_out, n_cols = shape
+    rng = np.random.default_rng(n_rows)
+    d = rng.standard_normal((n_rows, n_out)).astype(dtype)
+    x = rng.standard_normal((n_rows, n_cols)).astype(dtype)
+    out = np.full((n_out, n_cols), np.nan, dtype)
+    _compiled_gradient_matmul(d, x, out)
+    tolerance = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(out, d.astype(np.float64).T @ x.astype(np.float64), rtol=tolerance, atol=tolerance)
+
+
+@numba.njit
 def _compiled_matmul(a, b, out):
     _products.matmul(a, b, out)
 

@@ -36,7 +36,7 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._products import matmul
+from ._products import gradient_matmul, matmul
 
 #: Elements per task of `sum_shares` (16 KiB of float32: the running sum
 #: stays in L1 while the shares stream past it).
@@ -214,8 +214,8 @@ def chunk_gradients(x, h_prev, d_in, d_rec, w_ih, g_w_ih, g_w_hh, g_b_ih, g_b_hh
     rows = x.shape[0] * x.shape[1]
     d_in2 = d_in.reshape((rows, d_in.shape[2]))
     d_rec2 = d_rec.reshape((rows, d_rec.shape[2]))
-    np.dot(d_in2.T, x.reshape((rows, x.shape[2])), g_w_ih)
-    np.dot(d_rec2.T, h_prev.reshape((rows, h_prev.shape[2])), g_w_hh)
+    _weight_gradient(d_in2, x.reshape((rows, x.shape[2])), g_w_ih)
+    _weight_gradient(d_rec2, h_prev.reshape((rows, h_prev.shape[2])), g_w_hh)
     g_b_ih[:] = 0
     g_b_hh[:] = 0
     for r in range(rows):
@@ -224,6 +224,22 @@ def chunk_gradients(x, h_prev, d_in, d_rec, w_ih, g_w_ih, g_w_hh, g_b_ih, g_b_hh
             g_b_hh[g] += d_rec2[r, g]
     if dx.size:
         np.dot(d_in2, w_ih, dx.reshape((rows, dx.shape[2])))
+
+
+#: Inputs or states up to which a chunk's weight gradient is
+#: ``_products.gradient_matmul`` rather than BLAS: on one core here, 26-51
+#: against 45-75 GFLOP/s for 4 to 32 columns, a tie at 64 and BLAS ahead
+#: (80-110) at 128.
+NARROW_GRADIENT = 32
+
+
+@register_jitable
+def _weight_gradient(d, x, out):
+    """``out = d.T @ x``: `chunk_gradients`' product, picked by the width of ``x``."""
+    if x.shape[1] <= NARROW_GRADIENT:
+        gradient_matmul(d, x, out)
+    else:
+        np.dot(d.T, x, out)
 
 
 #: Columns of ``x`` or of the states a `gradient_blocks` product takes at a
