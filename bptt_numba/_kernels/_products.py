@@ -222,9 +222,9 @@ _gradient_narrow = _gradient_tile(1)
 def gradient_matmul(d, x, out):
     """``out = d.T @ x`` over a long inner dimension: a chunk's weight gradients over its steps.
 
-    ``x`` is narrow there (a layer's 4 to 64 inputs or states) and OpenBLAS
-    0.3.30 ran such products at 9-47 GFLOP/s on one core here, against
-    80-110 for wide ones.  This is the product as a sum of outer products:
+    ``x`` is narrow there (a layer's few inputs, or a small layer's states)
+    and OpenBLAS 0.3.30 ran such products at 9-58 GFLOP/s on one core here,
+    against 80-110 for wide ones.  Here it is a sum of outer products:
     tiles of 24 columns of ``out^T`` by 4 of ``x``, whose rows stream by
     `GRADIENT_ROWS` at a time (``x``'s copied, padded to whole tiles, and
     ``d``'s as they are), each element one chain of fused multiply-adds

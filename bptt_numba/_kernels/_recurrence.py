@@ -227,8 +227,8 @@ def chunk_gradients(x, h_prev, d_in, d_rec, w_ih, g_w_ih, g_w_hh, g_b_ih, g_b_hh
 
 
 #: Inputs or states up to which a chunk's weight gradient is
-#: ``_products.gradient_matmul`` rather than BLAS: on one core here, 26-51
-#: against 45-75 GFLOP/s for 4 to 32 columns, a tie at 64 and BLAS ahead
+#: ``_products.gradient_matmul`` rather than BLAS: on one core here, 9-58
+#: (BLAS) against 43-75 GFLOP/s for 4 to 32 columns, a tie at 64 and BLAS ahead
 #: (80-110) at 128.
 NARROW_GRADIENT = 32
 
