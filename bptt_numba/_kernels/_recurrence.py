@@ -228,9 +228,11 @@ def chunk_gradients(x, h_prev, d_in, d_rec, w_ih, g_w_ih, g_w_hh, g_b_ih, g_b_hh
 
 #: Inputs or states up to which a chunk's weight gradient is
 #: ``_products.gradient_matmul`` rather than BLAS: on one core here, 9-58
-#: (BLAS) against 43-75 GFLOP/s for 4 to 32 columns, a tie at 64 and BLAS ahead
-#: (80-110) at 128.
-NARROW_GRADIENT = 32
+#: (BLAS) against 43-75 GFLOP/s for 4 to 32 columns; at 64, 18-66 against
+#: 66-76 with 192 outputs (GRU H=64) and a tie with 256 (LSTM H=64); BLAS
+#: ahead (80-110) at 128.  In-process A/B of 64 against 32: GRU H=64 B=16
+#: step -7 to -10%, RNN H=64 -2%, LSTM H=64 within 2%.
+NARROW_GRADIENT = 64
 
 
 @register_jitable
