@@ -63,6 +63,40 @@ def _fma_function(builder, vector_type, dtype, lanes):
     return cgutils.get_or_insert_function(builder.module, function_type, f"llvm.fma.v{lanes}{suffix}")
 
 
+class _VectorOps:
+    """What the tiles' code generation shares: their three arrays, the vector type and its helpers."""
+
+    def __init__(self, context, builder, sig, args):
+        self.context, self.builder, self.types = context, builder, sig.args[:3]
+        self.arrays = [context.make_array(ty)(context, builder, value) for ty, value in zip(self.types, args[:3])]
+        dtype = sig.args[0].dtype
+        self.float_type = context.get_value_type(dtype)
+        self.size = context.get_abi_sizeof(self.float_type)
+        self.lanes = VECTOR_BYTES // self.size
+        self.vector_type = ir.VectorType(self.float_type, self.lanes)
+        self.fused = _fma_function(builder, self.vector_type, dtype, self.lanes)
+        self.intp = context.get_value_type(types.intp)
+
+    def pointer(self, which, *index):
+        """Pointer to an element of array ``which`` (0, 1 or 2)."""
+        array, ty = self.arrays[which], self.types[which]
+        shape = cgutils.unpack_tuple(self.builder, array.shape)
+        strides = cgutils.unpack_tuple(self.builder, array.strides)
+        return cgutils.get_item_pointer2(self.context, self.builder, array.data, shape, strides, ty.layout, index)
+
+    def vector_at(self, start, v):
+        """Pointer to the ``v``-th vector from ``start``."""
+        offset = self.builder.gep(start, [ir.Constant(self.intp, v * self.lanes)])
+        return self.builder.bitcast(offset, self.vector_type.as_pointer())
+
+    def splat(self, value):
+        """A vector of ``value`` in every lane."""
+        undefined = ir.Constant(self.vector_type, ir.Undefined)
+        first = self.builder.insert_element(undefined, value, ir.Constant(ir.IntType(32), 0))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), self.lanes), [0] * self.lanes)
+        return self.builder.shuffle_vector(first, undefined, mask)
+
+
 def _tile(rows, n_panels):
     """An intrinsic ``tile(a, panels, out, i0, p0)``: rows ``i0 .. i0 + rows`` of ``out`` over panels ``p0 .. p0 + n_panels``.
 
@@ -84,31 +118,13 @@ def _tile(rows, n_panels):
         return types.void(a, panels, out, types.intp, types.intp), codegen
 
     def codegen(context, builder, sig, args):
-        dtype = sig.args[0].dtype
-        a, panels, out = (context.make_array(ty)(context, builder, value) for ty, value in zip(sig.args[:3], args[:3]))
+        ops = _VectorOps(context, builder, sig, args)
+        a = ops.arrays[0]
         i0, p0 = args[3], args[4]
-        float_type = context.get_value_type(dtype)
-        size = context.get_abi_sizeof(float_type)
-        lanes = VECTOR_BYTES // size
-        vector_type = ir.VectorType(float_type, lanes)
-        fused = _fma_function(builder, vector_type, dtype, lanes)
-        intp = context.get_value_type(types.intp)
-        zero = ir.Constant(vector_type, [ir.Constant(float_type, 0.0)] * lanes)
+        intp, size, lanes, fused = ops.intp, ops.size, ops.lanes, ops.fused
+        pointer, vector_at, splat = ops.pointer, ops.vector_at, ops.splat
+        zero = ir.Constant(ops.vector_type, [ir.Constant(ops.float_type, 0.0)] * lanes)
         sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(n_panels * vectors)] for _ in range(rows)]
-
-        def pointer(array, ty, *index):
-            shape = cgutils.unpack_tuple(builder, array.shape)
-            strides = cgutils.unpack_tuple(builder, array.strides)
-            return cgutils.get_item_pointer2(context, builder, array.data, shape, strides, ty.layout, index)
-
-        def vector_at(start, v):
-            return builder.bitcast(builder.gep(start, [ir.Constant(intp, v * lanes)]), vector_type.as_pointer())
-
-        def splat(value):
-            first = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-            mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-            return builder.shuffle_vector(first, ir.Constant(vector_type, ir.Undefined), mask)
-
         zero_index = ir.Constant(intp, 0)
         row = [builder.add(i0, ir.Constant(intp, r)) for r in range(rows)]
         panel = [builder.add(p0, ir.Constant(intp, q)) for q in range(n_panels)]
@@ -116,15 +132,15 @@ def _tile(rows, n_panels):
             k = loop.index
             b_k = []
             for q in range(n_panels):
-                start = pointer(panels, sig.args[1], panel[q], k, zero_index)
+                start = pointer(1, panel[q], k, zero_index)
                 b_k += [builder.load(vector_at(start, v), align=size) for v in range(vectors)]
             for r in range(rows):
-                a_rk = splat(builder.load(pointer(a, sig.args[0], row[r], k)))
+                a_rk = splat(builder.load(pointer(0, row[r], k)))
                 for v, b_v in enumerate(b_k):
                     builder.store(builder.call(fused, [a_rk, b_v, builder.load(sums[r][v])]), sums[r][v])
         width = ir.Constant(intp, vectors * lanes)
         for r in range(rows):
-            start = pointer(out, sig.args[2], row[r], builder.mul(p0, width))
+            start = pointer(2, row[r], builder.mul(p0, width))
             for v in range(n_panels * vectors):
                 builder.store(builder.load(sums[r][v]), vector_at(start, v), align=size)
         return context.get_dummy_value()
@@ -168,45 +184,29 @@ def _gradient_tile(n_vectors):
         return types.void(d, x, sums, types.intp, types.intp), codegen
 
     def codegen(context, builder, sig, args):
-        dtype = sig.args[0].dtype
-        d, x, sums = (context.make_array(ty)(context, builder, value) for ty, value in zip(sig.args[:3], args[:3]))
+        ops = _VectorOps(context, builder, sig, args)
+        d = ops.arrays[0]
         i0, j0 = args[3], args[4]
-        float_type = context.get_value_type(dtype)
-        size = context.get_abi_sizeof(float_type)
-        lanes = VECTOR_BYTES // size
-        vector_type = ir.VectorType(float_type, lanes)
-        fused = _fma_function(builder, vector_type, dtype, lanes)
-        intp = context.get_value_type(types.intp)
-
-        def pointer(array, ty, *index):
-            shape = cgutils.unpack_tuple(builder, array.shape)
-            strides = cgutils.unpack_tuple(builder, array.strides)
-            return cgutils.get_item_pointer2(context, builder, array.data, shape, strides, ty.layout, index)
-
-        def vector_at(start, v):
-            return builder.bitcast(builder.gep(start, [ir.Constant(intp, v * lanes)]), vector_type.as_pointer())
-
-        def splat(value):
-            first = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-            mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-            return builder.shuffle_vector(first, ir.Constant(vector_type, ir.Undefined), mask)
+        intp, size, fused = ops.intp, ops.size, ops.fused
+        pointer, vector_at, splat = ops.pointer, ops.vector_at, ops.splat
 
         col = [builder.add(j0, ir.Constant(intp, c)) for c in range(columns)]
         acc = []
         for c in range(columns):
-            start = pointer(sums, sig.args[2], col[c], i0)
-            acc.append([cgutils.alloca_once_value(builder, builder.load(vector_at(start, v), align=size)) for v in range(n_vectors)])
+            start = pointer(2, col[c], i0)
+            loaded = [builder.load(vector_at(start, v), align=size) for v in range(n_vectors)]
+            acc.append([cgutils.alloca_once_value(builder, value) for value in loaded])
         with cgutils.for_range(builder, cgutils.unpack_tuple(builder, d.shape)[0]) as loop:
             r = loop.index
-            d_start = pointer(d, sig.args[0], r, i0)
+            d_start = pointer(0, r, i0)
             d_r = [builder.load(vector_at(d_start, v), align=size) for v in range(n_vectors)]
-            x_start = pointer(x, sig.args[1], r, j0)
+            x_start = pointer(1, r, j0)
             for c in range(columns):
                 x_rc = splat(builder.load(builder.gep(x_start, [ir.Constant(intp, c)])))
                 for v in range(n_vectors):
                     builder.store(builder.call(fused, [d_r[v], x_rc, builder.load(acc[c][v])]), acc[c][v])
         for c in range(columns):
-            start = pointer(sums, sig.args[2], col[c], i0)
+            start = pointer(2, col[c], i0)
             for v in range(n_vectors):
                 builder.store(builder.load(acc[c][v]), vector_at(start, v), align=size)
         return context.get_dummy_value()
@@ -214,7 +214,10 @@ def _gradient_tile(n_vectors):
     return intrinsic(typer)
 
 
-_gradient_wide = _gradient_tile(3)
+#: Vectors of outputs one wide tile of `gradient_matmul` takes (12 chains).
+GRADIENT_VECTORS = 3
+
+_gradient_wide = _gradient_tile(GRADIENT_VECTORS)
 _gradient_narrow = _gradient_tile(1)
 
 
@@ -240,7 +243,7 @@ def gradient_matmul(d, x, out):
     n_rows, n_out = d.shape
     n_cols = x.shape[1]
     lanes = VECTOR_BYTES // d.itemsize
-    wide = 3 * lanes
+    wide = GRADIENT_VECTORS * lanes
     padded = -(-n_cols // GRADIENT_COLUMNS) * GRADIENT_COLUMNS
     sums = np.zeros((padded, n_out), dtype=out.dtype)
     block = np.zeros((min(GRADIENT_ROWS, n_rows), padded), dtype=out.dtype)
