@@ -21,10 +21,14 @@ if HAVE_SKLEARN:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning, DataConversionWarning, NotFittedError
     from sklearn.utils.validation import _check_feature_names as _sk_check_feature_names
-    from sklearn.utils.validation import check_is_fitted
 
     def check_feature_names(estimator, X, *, reset):
         """Set or check ``feature_names_in_`` the way scikit-learn does."""
+        # An array has no names, so against a model fitted without any there
+        # is nothing to check; scikit-learn's check of it took 50 of the 280
+        # us of Python in a one-sequence prediction here.
+        if not reset and isinstance(X, np.ndarray) and not hasattr(estimator, "feature_names_in_"):
+            return
         _sk_check_feature_names(estimator, X, reset=reset)
 
 else:
@@ -80,14 +84,6 @@ else:
             """Mean accuracy of ``predict(X)`` against ``y``."""
             return accuracy_score(y, self.predict(X), sample_weight=sample_weight)
 
-    def check_is_fitted(estimator, attributes=None):
-        """Raise NotFittedError unless ``estimator`` has fitted attributes."""
-        if not any(k.endswith("_") and not k.startswith("__") for k in vars(estimator)):
-            raise NotFittedError(
-                f"This {type(estimator).__name__} instance is not fitted yet. Call 'fit' with appropriate "
-                "arguments before using this estimator."
-            )
-
     def check_feature_names(estimator, X, *, reset):
         """Set or check ``feature_names_in_`` from a DataFrame's string columns."""
         columns = getattr(X, "columns", None)
@@ -103,6 +99,27 @@ else:
         fitted = getattr(estimator, "feature_names_in_", None)
         if fitted is not None and names is not None and list(fitted) != list(names):
             raise ValueError("The feature names should match those that were passed during fit.")
+
+
+def check_is_fitted(estimator):
+    """Raise NotFittedError unless ``estimator`` is fitted.
+
+    Asks ``__sklearn_is_fitted__`` (scikit-learn's protocol) if it has one,
+    else looks for fitted attributes.  Ours with scikit-learn too: its
+    check, which looks up the estimator's tags first, took 2.5 us here
+    (8 us before our estimators had ``__sklearn_is_fitted__``), this one
+    0.3 us, and a prediction makes one.
+    """
+    is_fitted = getattr(estimator, "__sklearn_is_fitted__", None)
+    if is_fitted is not None:
+        fitted = is_fitted()
+    else:
+        fitted = any(k.endswith("_") and not k.startswith("__") for k in vars(estimator))
+    if not fitted:
+        raise NotFittedError(
+            f"This {type(estimator).__name__} instance is not fitted yet. Call 'fit' with appropriate "
+            "arguments before using this estimator."
+        )
 
 
 def r2_score(y_true, y_pred, sample_weight=None):

@@ -11,7 +11,7 @@ prediction).
 
 import copy
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numba
 import numpy as np
@@ -31,14 +31,18 @@ from .network import Network
 from .training import Trainer, make_streams
 
 
-@contextmanager
 def _threads(n_jobs):
     """Run with ``n_jobs`` Numba threads (None: unchanged; -1: all), then restore."""
     if n_jobs is None:
-        yield
-        return
+        # No generator to step through: a one-sequence prediction makes this call.
+        return nullcontext()
     available = numba.config.NUMBA_NUM_THREADS
     n_threads = available if n_jobs == -1 else min(val.check_positive_int("n_jobs", n_jobs), available)
+    return _numba_threads(n_threads)
+
+
+@contextmanager
+def _numba_threads(n_threads):
     previous = numba.get_num_threads()
     numba.set_num_threads(n_threads)
     try:
@@ -118,6 +122,9 @@ class _RNNBase(BaseEstimator):
         self.dtype = dtype
         self.n_jobs = n_jobs
 
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "network_")
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
@@ -127,7 +134,10 @@ class _RNNBase(BaseEstimator):
     # ------------------------------------------------------------------ input
     def _sequences(self, X, reset):
         """Validated padded batch ``(X, lengths, layout)`` for fit or predict."""
-        dtype = val.check_dtype(self.dtype)
+        if not reset:
+            check_is_fitted(self)
+        # A fitted model takes its input in its own dtype.
+        dtype = val.check_dtype(self.dtype) if reset else self.network_.dtype
         X_arr, lengths, layout = val.check_sequence_input(X, dtype)
         check_feature_names(self, X, reset=reset)
         n_features = X_arr.shape[1] if layout == "2d" else X_arr.shape[2]
@@ -135,7 +145,6 @@ class _RNNBase(BaseEstimator):
             self.n_features_in_ = n_features
             self._layout = layout
             return X_arr, lengths, layout
-        check_is_fitted(self)
         step_features = self.network_.n_features
         if layout == "2d" and self._layout == "2d" and n_features != self.n_features_in_:
             raise ValueError(
@@ -251,10 +260,10 @@ class _RNNBase(BaseEstimator):
     # ---------------------------------------------------------------- predict
     def _raw_predict(self, X):
         """Network outputs, the lengths and the input layout."""
-        check_is_fitted(self)
         X_arr, lengths, layout = self._sequences(X, reset=False)
         with _threads(self.n_jobs):
-            Y, _ = self.network_.forward(X_arr, lengths, output=self.output)
+            # Lengths only for ragged input: the network checks them again.
+            Y, _ = self.network_.forward(X_arr, lengths if layout == "list" else None, output=self.output)
         return Y, lengths, layout
 
     def _per_sequence(self, values, lengths, layout):
@@ -654,6 +663,10 @@ class RNNForecaster(RegressorMixin, _RNNBase):
     shuffle = False
     early_stopping = False
     validation_fraction = 0.1
+
+    def __sklearn_is_fitted__(self):
+        # Forecasts start from the state a fit ends with, set last.
+        return hasattr(self, "state_")
 
     def fit(self, X, y=None):
         """Fit on one series (n_timesteps[, n_features]) or a list of series; returns self.

@@ -10,7 +10,9 @@ input of every step of a layer, the cell kernel unrolls the recurrence, and
 after the backward sweep the weight gradients of all steps are two GEMMs.
 """
 
+import functools
 import math
+import operator
 import threading
 from typing import NamedTuple
 
@@ -194,8 +196,8 @@ class Network:
         return views
 
     def _layer_weights(self, weights, layer, direction):
-        suffix = f"_l{layer}{_SUFFIXES[direction]}"
-        return tuple(weights[kind + suffix] for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        """``(weight_ih, weight_hh, bias_ih, bias_hh)`` of a layer direction, from a dict like `get_weights`'."""
+        return _weight_getter(layer, direction)(weights)
 
     def _initialise(self, rng):
         hidden_of = {}
@@ -481,7 +483,7 @@ class Network:
         value = 0.0
         input_grads, flows = [], []
         state_now = batch.state
-        with kernel_section():
+        with kernel_section(1 if self._calls_blas(batch.large, need_input_grad) else None):
             for t0, t1, cut in segments:
                 x = batch.x if len(segments) == 1 else np.ascontiguousarray(batch.x[:, t0:t1])
                 seg_lengths = batch.lengths if len(segments) == 1 else np.clip(batch.lengths - t0, 0, t1 - t0)
@@ -505,6 +507,14 @@ class Network:
             squares = np.concatenate([np.array(f) for f in flows], axis=3)
             flow = np.sqrt(squares.astype(np.float64).sum(axis=(2, 4)))
         return _Result(value, grad, self._user_state(state_now, n_samples), input_grad, flow)
+
+    def _calls_blas(self, large, need_input_grad):
+        """Whether a training pass calls BLAS inside the kernels' parallel regions (`layers.backward_calls_blas`)."""
+        inputs = (self.n_features,) + tuple(size * self.n_directions for size in self.hidden_sizes[:-1])
+        return any(
+            layers.backward_calls_blas(width, hidden, layer > 0 or need_input_grad, large)
+            for layer, (width, hidden) in enumerate(zip(inputs, self.hidden_sizes))
+        )
 
     def _loss_scale(self, loss, output, weights, lengths, loss_start):
         """One over the normaliser of the weighted mean, for the whole batch."""
@@ -784,6 +794,14 @@ class _Result(NamedTuple):
 #: cap, since a prediction over a whole data set would otherwise hold its
 #: buffers for the model's lifetime.
 INFERENCE_SCRATCH = 64 << 20
+
+
+@functools.cache
+def _weight_getter(layer, direction):
+    """Picks a layer direction's four weights out of a dict (built once: a call
+    formatting their names took a few us of every pass)."""
+    suffix = f"_l{layer}{_SUFFIXES[direction]}"
+    return operator.itemgetter(*(kind + suffix for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
 
 
 def _direction_output(h, reverse):

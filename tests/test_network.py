@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import naive
-from bptt_numba import Network, train
+from bptt_numba import Network, network, train
 from bptt_numba._config import LARGE_WEIGHTS
+from bptt_numba._kernels._recurrence import NARROW_GRADIENT
 from problems import CELLS, make_problem, relative_error
 
 MODELS = list(itertools.product(CELLS, [(4,), (3, 5)], [False, True]))
@@ -527,6 +528,34 @@ def test_reused_buffers_never_leak_between_calls_or_threads():
     for thread in threads:
         thread.join()
     assert len(results) == 60 and all(results)
+
+
+@pytest.mark.parametrize(
+    "n_features, hidden_sizes, need_input_grad, blas_threads",
+    [
+        (3, (4,), False, None),  # every product the kernels' own: BLAS left as it is
+        (3, (4,), True, 1),  # the input gradient is a BLAS product
+        (3, (4, 5), False, 1),  # so is the gradient passed down to layer 0
+        (NARROW_GRADIENT + 1, (4,), False, 1),  # a weight gradient over wide inputs
+        (3, (NARROW_GRADIENT + 1,), False, 1),  # or wide states
+    ],
+)
+def test_training_sets_blas_threads_only_where_kernels_call_blas(
+    monkeypatch, n_features, hidden_sizes, need_input_grad, blas_threads
+):
+    sections = []
+    real = network.kernel_section
+
+    def recording(threads=1):
+        sections.append(threads)
+        return real(threads)
+
+    monkeypatch.setattr(network, "kernel_section", recording)
+    net = Network(n_features, hidden_sizes, cell="rnn", random_state=0)
+    X = np.random.default_rng(0).normal(size=(2, 3, n_features))
+    result = net._backprop(X, np.zeros((2, 1)), None, "mse", "last", None, None, None, 0, 0.0, None, need_input_grad)
+    assert sections == [blas_threads]
+    assert np.isfinite(result.grad).all()
 
 
 def test_the_engine_does_not_import_scikit_learn():

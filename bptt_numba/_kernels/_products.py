@@ -414,10 +414,14 @@ def _pack_panel(w, transposed, panels, p):
             for k in range(n_inner):
                 panel[k, c] = row[k]
     else:
+        # Views indexed from 0: ``row[first + c]`` kept Numba's wraparound
+        # check and the copy scalar (an LSTM's W_hh took 14.3 against 7.7 us at
+        # H=64, 47 against 16 at H=128).
         for k in range(n_inner):
-            row = w[k]
+            row = w[k, first : first + stop]
+            out = panel[k]
             for c in range(stop):
-                panel[k, c] = row[first + c]
+                out[c] = row[c]
 
 
 @register_jitable

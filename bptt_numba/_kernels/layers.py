@@ -18,7 +18,7 @@ import numpy as np
 from .._config import LARGE_WEIGHTS
 from . import elman, gru, lstm
 from ._products import packed
-from ._recurrence import PROJECTED_STEPS, gradient_blocks, project_rows, sum_shares
+from ._recurrence import NARROW_GRADIENT, PROJECTED_STEPS, gradient_blocks, project_rows, sum_shares
 
 CELLS = {"rnn": elman, "lstm": lstm, "gru": gru}
 KERNELS = {
@@ -67,6 +67,19 @@ def _buffer(workspace, key, shape, dtype):
 #: here; kept, the gates of 256 LSTM sequences (H=128, T=100) take 52 MB,
 #: and rolling them made the pass 8-19% faster.
 ROLLING_GATES = 1 << 20
+
+
+def backward_calls_blas(n_inputs, hidden, need_dx, large):
+    """Whether a layer's training passes call BLAS inside a parallel region.
+
+    They do for large weights (`_large`: whole-batch products split between
+    the threads), for the input gradient, and for weight gradients over more
+    than ``_recurrence.NARROW_GRADIENT`` inputs or states; then BLAS must
+    run single-threaded (``_config.kernel_section``).  Otherwise every
+    product is the kernels' own, and setting BLAS's thread count to one and
+    back is time lost: 54-116 us of an LSTM H=64 B=64 step here.
+    """
+    return large or need_dx or max(n_inputs, hidden) > NARROW_GRADIENT
 
 
 def _large(w_hh):
