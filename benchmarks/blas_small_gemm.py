@@ -9,7 +9,7 @@ the recurrent weights at every time step, ``(16, H) @ (H, G*H)`` forward and
 ``(16, G*H) @ (G*H, H)`` backward.  The kernels do it with
 ``_kernels._products.panel_matmul`` on the weights packed once per call
 (packing not timed here), and a chunk's input projection with
-``_products.matmul``; Numba's ``np.dot`` calls the BLAS that SciPy ships
+``_products.affine`` (a zero bias here); Numba's ``np.dot`` calls the BLAS that SciPy ships
 (through ``scipy.linalg.cython_blas``), which may be another OpenBLAS build
 than NumPy's.  This prints the median time of each shape through all four,
 one thread.
@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from bptt_numba._bench import median_ms
 from bptt_numba._config import kernel
-from bptt_numba._kernels._products import matmul, packed, panel_matmul
+from bptt_numba._kernels._products import affine, packed, panel_matmul
 
 SHAPES = [
     (16, 32, 128), (16, 64, 256), (16, 256, 64), (16, 128, 512), (16, 512, 128), (16, 256, 768), (16, 512, 2048),
@@ -37,8 +37,8 @@ def _numba_dot(a, b, out):
 
 
 @kernel
-def _matmul(a, b, out):
-    matmul(a, b, out)
+def _affine(a, b, bias, out):
+    affine(a, b, bias, out)
 
 
 @kernel
@@ -56,7 +56,7 @@ def main(argv=None):
         if info["user_api"] == "blas":
             print(f"# {info['internal_api']} {info['version']} {info.get('architecture', '')}: {info['filepath']}")
     rng = np.random.default_rng(0)
-    print(f"{'M':>4} {'K':>4} {'N':>5} {'panels us':>10} {'matmul us':>10} {'numba us':>9} {'numpy us':>9}")
+    print(f"{'M':>4} {'K':>4} {'N':>5} {'panels us':>10} {'affine us':>10} {'numba us':>9} {'numpy us':>9}")
     with threadpool_limits(1, user_api="blas"):
         for m, k, n in SHAPES:
             a = rng.standard_normal((m, k)).astype(np.float32)
@@ -65,7 +65,8 @@ def main(argv=None):
             panels = packed(b, False, False)
             wide = np.empty((m, panels.shape[0] * panels.shape[2]), np.float32)
             in_panels = median_ms(lambda: _panel_matmul(a, panels, wide), args.repeat)
-            own = median_ms(lambda: _matmul(a, b, out), args.repeat)
+            bias = np.zeros(n, np.float32)
+            own = median_ms(lambda: _affine(a, b, bias, out), args.repeat)
             ours = median_ms(lambda: _numba_dot(a, b, out), args.repeat)
             theirs = median_ms(lambda: np.dot(a, b, out), args.repeat)
             print(f"{m:4d} {k:4d} {n:5d} {1e3 * in_panels:10.1f} {1e3 * own:10.1f} {1e3 * ours:9.1f} {1e3 * theirs:9.1f}")

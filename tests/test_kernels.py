@@ -261,29 +261,34 @@ def test_gradient_product_matches_numpy(shape, dtype):
 
 
 @numba.njit
-def _compiled_matmul(a, b, out):
-    _products.matmul(a, b, out)
+def _compiled_affine(a, b, bias, out):
+    _products.affine(a, b, bias, out)
 
 
 # Shapes with rows left over from the blocks of 4 and inner sizes with and
 # without a remainder of 4; for the panels, a last panel full or partly
 # empty, and panels that the rows left over take in whole groups of
-# `ROW_PANELS` (96 columns), with some left, or none.
+# `ROW_PANELS` (96 columns), with some left, or none; for `affine`, columns
+# in wide tiles only, with one-vector tiles or scalars left over, and
+# more rows than one block (`AFFINE_ROWS`).
 MATMUL_SHAPES = [
-    (1, 1, 1), (5, 7, 3), (16, 64, 256), (3, 130, 9), (9, 33, 51), (7, 0, 12), (6, 129, 130), (5, 16, 96)
+    (1, 1, 1), (5, 7, 3), (16, 64, 256), (3, 130, 9), (9, 33, 51), (7, 0, 12), (6, 129, 130), (5, 16, 96),
+    (135, 5, 48),
 ]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", MATMUL_SHAPES)
-def test_matmul_matches_numpy_with_any_remainders(shape, dtype):
+def test_affine_matches_numpy_with_any_remainders(shape, dtype):
     m, k, n = shape
     rng = np.random.default_rng(k)
     a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    bias = rng.standard_normal(n).astype(dtype)
     out = np.full((m, n), np.nan, dtype)
-    _compiled_matmul(a, b, out)
+    _compiled_affine(a, b, bias, out)
     tolerance = 1e-12 if dtype == np.float64 else 1e-5
-    np.testing.assert_allclose(out, a.astype(np.float64) @ b.astype(np.float64), rtol=tolerance, atol=tolerance)
+    expected = a.astype(np.float64) @ b.astype(np.float64) + bias
+    np.testing.assert_allclose(out, expected, rtol=tolerance, atol=tolerance)
 
 
 @numba.njit
@@ -320,7 +325,7 @@ def test_panel_product_matches_numpy_from_either_layout(shape, dtype, transposed
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", MATMUL_SHAPES)
-@pytest.mark.parametrize("product", ["matmul", "panels"])
+@pytest.mark.parametrize("product", ["affine", "panels"])
 def test_products_give_a_row_the_same_bits_alone_or_anywhere_in_a_block(shape, dtype, product):
     # Alone a row takes the one-row path; among others a block of 4 or the
     # rows left over: the bits must not change.
@@ -332,7 +337,7 @@ def test_products_give_a_row_the_same_bits_alone_or_anywhere_in_a_block(shape, d
         if product == "panels":
             return _panel_product(np.ascontiguousarray(rows), b)
         out = np.empty((rows.shape[0], n), dtype)
-        _compiled_matmul(np.ascontiguousarray(rows), b, out)
+        _compiled_affine(np.ascontiguousarray(rows), b, np.linspace(-1, 1, n).astype(dtype), out)
         return out
 
     together = run(a)

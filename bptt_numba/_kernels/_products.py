@@ -13,8 +13,8 @@ dominates the small products of a time step: (16, 64) @ (64, 256) took
   ``intrinsic``): Numba disables LLVM's SLP vectoriser, which is what would
   keep scalar accumulators in vector registers.  Every element is the chain of fused multiply-adds ``acc =
   fma(a[i, k], b[k, j], acc)`` for ``k = 0, 1, ...`` from 0.
-- The input projection of a chunk's steps, many rows by a ``W_ih`` read as
-  it is: `matmul`, a loop over the columns that LLVM vectorises.
+- The input projection of a chunk's steps, many rows by ``W_ih^T`` read as
+  it is, plus the bias: `affine`, tiles of the same kind over ``b``'s rows.
 - A chunk's weight gradients over narrow inputs or states, ``d.T @ x``
   over all its steps: `gradient_matmul`, a sum of outer products in
   vector tiles (``_recurrence.NARROW_GRADIENT``; wider ones are BLAS).
@@ -64,11 +64,11 @@ def _fma_function(builder, vector_type, dtype, lanes):
 
 
 class _VectorOps:
-    """What the tiles' code generation shares: their three arrays, the vector type and its helpers."""
+    """What the tiles' code generation shares: their ``n_arrays`` arrays, the vector type and its helpers."""
 
-    def __init__(self, context, builder, sig, args):
-        self.context, self.builder, self.types = context, builder, sig.args[:3]
-        self.arrays = [context.make_array(ty)(context, builder, value) for ty, value in zip(self.types, args[:3])]
+    def __init__(self, context, builder, sig, args, n_arrays=3):
+        self.context, self.builder, self.types = context, builder, sig.args[:n_arrays]
+        self.arrays = [context.make_array(ty)(context, builder, value) for ty, value in zip(self.types, args)]
         dtype = sig.args[0].dtype
         self.float_type = context.get_value_type(dtype)
         self.size = context.get_abi_sizeof(self.float_type)
@@ -78,7 +78,7 @@ class _VectorOps:
         self.intp = context.get_value_type(types.intp)
 
     def pointer(self, which, *index):
-        """Pointer to an element of array ``which`` (0, 1 or 2)."""
+        """Pointer to an element of array ``which`` (0, 1, ...)."""
         array, ty = self.arrays[which], self.types[which]
         shape = cgutils.unpack_tuple(self.builder, array.shape)
         strides = cgutils.unpack_tuple(self.builder, array.strides)
@@ -275,19 +275,77 @@ def gradient_matmul(d, x, out):
             row[j] = sums[j, i]
 
 
-@register_jitable
-def matmul(a, b, out):
-    """``out = a @ b`` with ``b`` as it is: the input projection of a chunk.
+def _affine_tile(rows, n_vectors):
+    """An intrinsic ``tile(a, b, out, bias, i0, j0)`` of `affine`.
 
-    Four rows of ``a`` and four rows of ``b`` at a time: each load of a row
-    segment of ``b`` feeds 16 multiply-adds, and LLVM vectorises the loop
-    over the columns.  Measured on one core (AVX2) against the OpenBLAS
-    0.3.30 that Numba calls, which packs both operands at every call: a
-    chunk's step (16, 64) @ (64, 256) 7.9 against 15.6 us, (16, 128) @
-    (128, 512) 27.5-29.8 against 59.5-60.0 us, (16, 512) @ (512, 128) 33
-    against 60 us; one sample (1, 64) @ (64, 256) 0.87 against 0.99 us.
-    Long products, such as a whole sequence's input projection, ran
-    5-20% slower than BLAS.
+    ``out[i, j0 : j0 + n_vectors * lanes] = bias[j0 : ...] + sum_k a[i, k] *
+    b[k, j0 : ...]`` for the ``rows`` rows from ``i0``: ``b``'s row segment
+    loaded as vectors, ``a``'s element broadcast, ``rows * n_vectors``
+    independent chains of fused multiply-adds from the bias, for ``k = 0, 1,
+    ...`` in order, held in registers and stored once.  All four arrays
+    are C-ordered, of one float dtype, and the tile lies inside them (not
+    checked).
+    """
+
+    def typer(typingctx, a, b, out, bias, i0, j0):
+        shapes = ((a, 2), (b, 2), (out, 2), (bias, 1))
+        if not all(isinstance(x, types.Array) and x.ndim == ndim and x.layout == "C" for x, ndim in shapes):
+            return None
+        if a.dtype not in _FLOATS or not a.dtype == b.dtype == out.dtype == bias.dtype:
+            return None
+        return types.void(a, b, out, bias, types.intp, types.intp), codegen
+
+    def codegen(context, builder, sig, args):
+        ops = _VectorOps(context, builder, sig, args, n_arrays=4)
+        i0, j0 = args[4], args[5]
+        intp, size, fused = ops.intp, ops.size, ops.fused
+        pointer, vector_at, splat = ops.pointer, ops.vector_at, ops.splat
+        bias_start = pointer(3, j0)
+        initial = [builder.load(vector_at(bias_start, v), align=size) for v in range(n_vectors)]
+        sums = [[cgutils.alloca_once_value(builder, value) for value in initial] for _ in range(rows)]
+        row = [builder.add(i0, ir.Constant(intp, r)) for r in range(rows)]
+        with cgutils.for_range(builder, cgutils.unpack_tuple(builder, ops.arrays[0].shape)[1]) as loop:
+            k = loop.index
+            b_start = pointer(1, k, j0)
+            b_k = [builder.load(vector_at(b_start, v), align=size) for v in range(n_vectors)]
+            for r in range(rows):
+                a_rk = splat(builder.load(pointer(0, row[r], k)))
+                for v in range(n_vectors):
+                    builder.store(builder.call(fused, [a_rk, b_k[v], builder.load(sums[r][v])]), sums[r][v])
+        for r in range(rows):
+            start = pointer(2, row[r], j0)
+            for v in range(n_vectors):
+                builder.store(builder.load(sums[r][v]), vector_at(start, v), align=size)
+        return context.get_dummy_value()
+
+    return intrinsic(typer)
+
+
+_affine_block = _affine_tile(4, PANEL_VECTORS)
+_affine_row = _affine_tile(1, PANEL_VECTORS)
+_affine_vector_block = _affine_tile(4, 1)
+_affine_vector_row = _affine_tile(1, 1)
+
+#: Rows of ``a`` `affine` takes at a time: their outputs stay in cache while
+#: the tiles pass over every column.  Measured on one core, interleaved
+#: against blocks of 16 and 256: within 10% of each other on every shape.
+AFFINE_ROWS = 64
+
+
+@register_jitable
+def affine(a, b, bias, out):
+    """``out = a @ b + bias`` with ``b`` as it is: the input projection of a chunk.
+
+    Tiles of 4 rows by `PANEL_VECTORS` vectors of columns (12 chains of
+    fused multiply-adds in registers), read straight from ``b``'s rows, so
+    ``W_ih^T`` needs no packing; then one-vector tiles and a scalar loop
+    for the columns left over, one-row tiles for the rows left over.  On
+    one core here, interleaved, against the four-row loop LLVM vectorised
+    that came before (and a pass adding the bias): a chunk's projection
+    (448, 28) @ (28, 256) 0.61-0.68x the time, (1600, 32) @ (32, 512)
+    0.62-0.70x, (1600, 8) @ (8, 128) 0.54-0.60x, one sequence (100, 8) @
+    (8, 256) 0.60-0.72x, (3200, 4) @ (4, 192) 0.82-1.13x (writing the
+    output is what it waits on there).
 
     Every output row is computed by the same arithmetic whatever its
     position, alone or among others, so a sample's outputs do not depend on
@@ -299,48 +357,36 @@ def matmul(a, b, out):
     ----------
     a : ndarray of shape (M, K), C-ordered
     b : ndarray of shape (K, N), C-ordered
+    bias : ndarray of shape (N,)
     out : ndarray of shape (M, N), C-ordered
         Written.
     """
     n_rows, inner = a.shape
-    inner4 = inner - inner % 4
-    rows4 = n_rows - n_rows % 4
-    out[:] = 0
-    for i in range(0, rows4, 4):
-        o0, o1, o2, o3 = out[i], out[i + 1], out[i + 2], out[i + 3]
-        a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
-        for k in range(0, inner4, 4):
-            b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
-            x00, x01, x02, x03 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
-            x10, x11, x12, x13 = a1[k], a1[k + 1], a1[k + 2], a1[k + 3]
-            x20, x21, x22, x23 = a2[k], a2[k + 1], a2[k + 2], a2[k + 3]
-            x30, x31, x32, x33 = a3[k], a3[k + 1], a3[k + 2], a3[k + 3]
-            for j in range(out.shape[1]):
-                v0, v1, v2, v3 = b0[j], b1[j], b2[j], b3[j]
-                o0[j] += x00 * v0 + x01 * v1 + x02 * v2 + x03 * v3
-                o1[j] += x10 * v0 + x11 * v1 + x12 * v2 + x13 * v3
-                o2[j] += x20 * v0 + x21 * v1 + x22 * v2 + x23 * v3
-                o3[j] += x30 * v0 + x31 * v1 + x32 * v2 + x33 * v3
-        for k in range(inner4, inner):
-            bk = b[k]
-            x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
-            for j in range(out.shape[1]):
-                o0[j] += x0 * bk[j]
-                o1[j] += x1 * bk[j]
-                o2[j] += x2 * bk[j]
-                o3[j] += x3 * bk[j]
-    for i in range(rows4, n_rows):
-        o0, a0 = out[i], a[i]
-        for k in range(0, inner4, 4):
-            b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
-            x00, x01, x02, x03 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
-            for j in range(out.shape[1]):
-                o0[j] += x00 * b0[j] + x01 * b1[j] + x02 * b2[j] + x03 * b3[j]
-        for k in range(inner4, inner):
-            bk = b[k]
-            x0 = a0[k]
-            for j in range(out.shape[1]):
-                o0[j] += x0 * bk[j]
+    n_out = b.shape[1]
+    lanes = VECTOR_BYTES // a.itemsize
+    wide = PANEL_VECTORS * lanes
+    n_wide = n_out - n_out % wide
+    n_vectors = n_out - n_out % lanes
+    for r0 in range(0, n_rows, AFFINE_ROWS):
+        r1 = min(n_rows, r0 + AFFINE_ROWS)
+        rows4 = r1 - (r1 - r0) % 4
+        for j in range(0, n_wide, wide):
+            for i in range(r0, rows4, 4):
+                _affine_block(a, b, out, bias, i, j)
+            for i in range(rows4, r1):
+                _affine_row(a, b, out, bias, i, j)
+        for j in range(n_wide, n_vectors, lanes):
+            for i in range(r0, rows4, 4):
+                _affine_vector_block(a, b, out, bias, i, j)
+            for i in range(rows4, r1):
+                _affine_vector_row(a, b, out, bias, i, j)
+        for i in range(r0, r1):
+            a_i, out_i = a[i], out[i]
+            for j in range(n_vectors, n_out):
+                total = bias[j]
+                for k in range(inner):
+                    total += a_i[k] * b[k, j]
+                out_i[j] = total
 
 
 def panel_width(dtype):
@@ -371,7 +417,7 @@ def pack_panels(w, transposed, panels):
     A tile then streams its panel in order, where a strip of a row-major
     ``b`` is a short piece of each of its rows: for the 4 MiB of recurrent
     weights of an LSTM H=512 (streamed from L3 at every step), a chunk's
-    product (4, 512) @ (512, 2048) took 178 us streamed (`matmul`) against
+    product (4, 512) @ (512, 2048) took 178 us streamed (a loop over ``b``'s rows) against
     95 us in panels, four chunks on 2 cores.  Columns past ``b``'s are
     zero.  The panels are split between the threads (`pack_panels_serial`
     for weights too small to pay for a parallel region).

@@ -36,7 +36,7 @@ from numba.extending import register_jitable
 
 from .._config import kernel
 from ._fpu import flush_denormals, restore_fpu
-from ._products import gradient_matmul, matmul
+from ._products import affine, gradient_matmul
 
 #: Elements per task of `sum_shares` (16 KiB of float32: the running sum
 #: stays in L1 while the shares stream past it).
@@ -85,7 +85,7 @@ def copy(src, dst):
 
 @register_jitable
 def project_inputs(x, w_ih_t, b_ih, gates):
-    """``gates = x W_ih^T + b_ih`` for every step of one chunk: one `matmul`.
+    """``gates = x W_ih^T + b_ih`` for every step of one chunk: one ``_products.affine``.
 
     Parameters
     ----------
@@ -98,8 +98,7 @@ def project_inputs(x, w_ih_t, b_ih, gates):
     """
     rows = x.shape[0] * x.shape[1]
     out = gates.reshape((rows, gates.shape[2]))
-    matmul(x.reshape((rows, x.shape[2])), w_ih_t, out)
-    _add_bias(out, b_ih)
+    affine(x.reshape((rows, x.shape[2])), w_ih_t, b_ih, out)
 
 
 @register_jitable
@@ -115,8 +114,9 @@ def project_rows(x, w, bias, out, blocks):
 
     Each block is one single-threaded BLAS call (see
     ``_config.kernel_section``), which packs the weights once for its rows,
-    where the chunks' `matmul` would stream them from L3 once per four
-    rows.  The blocks follow the thread count, so a row's rounding may too.
+    where each chunk's ``_products.affine`` would stream them from L3 for
+    every block of rows.  The blocks follow the thread count, so a row's
+    rounding may too.
 
     Parameters
     ----------
@@ -154,7 +154,7 @@ def project_step(x, w_ih_t, b_ih, gates, t, reverse):
     the first step of a block in processing order starts.  A tape of every
     step is projected before the time loop instead, in one product (called
     for each step, this function made one-sequence calls 8-15% slower).  Rows
-    are computed alike either way (see `matmul`), so the results are too.
+    are computed alike either way (see ``_products.affine``), so the results are too.
 
     Parameters
     ----------
