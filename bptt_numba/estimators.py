@@ -720,11 +720,7 @@ class RNNForecaster(RegressorMixin, _RNNBase):
                         f"history has {history.shape[1]} features per step but the model expects {self.n_features_in_}"
                     )
                 state, last = self._condition(history)
-            forecasts = np.empty((horizon, self.n_features_in_), dtype=last.dtype)
-            for step in range(horizon):
-                Y, state = self.network_.forward(last[None, None, :], state=state, output="sequence")
-                last = Y[0, 0]
-                forecasts[step] = last
+            forecasts, _ = self.network_._rollout(last, state, horizon)
         return forecasts[:, 0] if self._y_scalar and self.n_features_in_ == 1 else forecasts
 
     def score(self, X, y=None):

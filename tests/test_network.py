@@ -531,6 +531,28 @@ def test_reused_buffers_never_leak_between_calls_or_threads():
 
 
 @pytest.mark.parametrize(
+    "cell, hidden_sizes, bidirectional", [("lstm", (5,), False), ("gru", (4, 3), False), ("rnn", (3,), True)]
+)
+def test_rollout_is_forward_one_step_at_a_time(cell, hidden_sizes, bidirectional):
+    net = Network(2, hidden_sizes, cell=cell, n_outputs=2, bidirectional=bidirectional, random_state=0)
+    rng = np.random.default_rng(0)
+    first = rng.normal(size=2)
+    _, state = net.forward(rng.normal(size=(1, 6, 2)), output="sequence")
+    outputs, final = net._rollout(first, state, 7)
+    x, expected = first, []
+    for _ in range(7):
+        Y, state = net.forward(x[None, None, :], state=state, output="sequence")
+        x = Y[0, 0]
+        expected.append(x)
+    np.testing.assert_array_equal(outputs, np.array(expected))
+    for got, want in zip(final, state):
+        for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="n_outputs == n_features"):
+        Network(2, (3,), n_outputs=1)._rollout(first, None, 2)
+
+
+@pytest.mark.parametrize(
     "n_features, hidden_sizes, need_input_grad, blas_threads",
     [
         (3, (4,), False, None),  # every product the kernels' own: BLAS left as it is

@@ -3,7 +3,7 @@
 import warnings
 
 
-from bptt_numba import RNNClassifier, RNNRegressor, datasets
+from bptt_numba import RNNClassifier, RNNForecaster, RNNRegressor, datasets
 
 
 def _quiet_fit(model, X, y):
@@ -33,6 +33,10 @@ class AddingProblem:
     def time_predict(self, cell):
         self.model.predict(self.X)
 
+    def time_predict_one(self, cell):
+        # One sequence: what the Python around the kernels costs a caller.
+        self.model.predict(self.X[:1])
+
     def track_final_loss(self, cell):
         return _quiet_fit(self.model, self.X, self.y).loss_curve_[-1]
 
@@ -56,3 +60,19 @@ class DigitsClassifier:
 
     def track_train_accuracy(self):
         return _quiet_fit(self.model, self.X, self.y).score(self.X, self.y)
+
+
+class Forecast:
+    """RNNForecaster's recursive forecasts of a noisy sine, one step fed back at a time."""
+
+    params = ([10, 200],)
+    param_names = ["horizon"]
+
+    def setup(self, horizon):
+        series = datasets.make_sine_series(400, random_state=0)
+        self.model = RNNForecaster(hidden_layer_sizes=(32,), max_iter=2, random_state=0)
+        _quiet_fit(self.model, series, None)
+        self.model.predict(2)
+
+    def time_predict(self, horizon):
+        self.model.predict(horizon)
