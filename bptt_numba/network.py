@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _validation as val
 from ._config import LARGE_WEIGHTS, batch_plan, kernel_section
-from ._kernels import layers, losses
+from ._kernels import head, layers, losses
 
 _LOSS_KERNELS = {
     "mse": losses.mse,
@@ -291,7 +291,7 @@ class Network:
         chunk = batch.x.shape[2]
         true_lengths = batch.lengths[: batch.n_samples]
         if output == "last":
-            Y = self._head(self._last_features(tapes[-1], np.arange(batch.n_samples), true_lengths - 1, chunk))
+            _, Y = self._last_outputs(tapes[-1], np.arange(batch.n_samples), true_lengths)
         else:
             b_idx, t_idx = np.nonzero(val.valid_mask(true_lengths, batch.n_steps))
             Y = np.zeros((batch.n_samples, batch.n_steps, self.n_outputs), dtype=self.dtype)
@@ -609,7 +609,7 @@ class Network:
             last = objective.lengths - 1
             b_idx = np.nonzero((last >= t0 + first) & (last < t0 + n_steps))[0]
             t_idx = last[b_idx] - t0
-            features = self._last_features(tapes[-1], b_idx, t_idx, chunk)
+            features, out = self._last_outputs(tapes[-1], b_idx, t_idx + 1)
             targets = objective.targets[b_idx]
         else:
             valid = val.valid_mask(lengths[: objective.lengths.shape[0]], n_steps)
@@ -617,8 +617,8 @@ class Network:
             b_idx, t_idx = np.nonzero(valid)
             features = top[b_idx // chunk, t_idx, b_idx % chunk]
             targets = objective.targets[b_idx, t_idx + t0]
+            out = self._head(features)
         grads = self.unflatten(grad)
-        out = self._head(features)
         d_out = np.empty_like(out)
         value = _LOSS_KERNELS[objective.loss](
             out, np.ascontiguousarray(targets), objective.weights[b_idx], objective.scale, d_out
@@ -745,18 +745,22 @@ class Network:
 
     # ------------------------------------------------------------------ head
     def _head(self, features):
-        # einsum's own loops, not BLAS: a BLAS product rounds a row by its
-        # position in the call, and a prediction must not depend on its batch.
-        return np.einsum("nh,oh->no", features, self._weights["head.weight"]) + self._weights["head.bias"]
+        """Outputs (N, n_outputs) of head inputs (N, F), each row on its own (``_kernels.head``)."""
+        out = np.empty((features.shape[0], self.n_outputs), dtype=self.dtype)
+        head.linear(np.ascontiguousarray(features), self._weights["head.weight"], self._weights["head.bias"], out)
+        return out
 
-    def _last_features(self, top_layer, b_idx, t_idx, chunk):
-        """Head input of "last" mode for samples ``b_idx`` ending at ``t_idx``."""
+    def _last_outputs(self, top_layer, b_idx, slots):
+        """Head inputs and outputs of "last" mode for samples ``b_idx``, read at state slots ``slots``."""
         _, directions = top_layer
-        k_idx, i_idx = np.divmod(b_idx, chunk)
-        forward = _direction_output(directions[0][1], False)[k_idx, t_idx, i_idx]
-        if not self.bidirectional:
-            return forward
-        return np.concatenate([forward, _direction_output(directions[1][1], True)[k_idx, 0, i_idx]], axis=1)
+        h_reverse = directions[1][1] if self.bidirectional else np.empty((0, 0, 0, 0), dtype=self.dtype)
+        features = np.empty((b_idx.shape[0], self.hidden_sizes[-1] * self.n_directions), dtype=self.dtype)
+        out = np.empty((b_idx.shape[0], self.n_outputs), dtype=self.dtype)
+        head.last_outputs(
+            directions[0][1], h_reverse, b_idx, slots, self._weights["head.weight"], self._weights["head.bias"],
+            features, out,
+        )
+        return features, out
 
     # ----------------------------------------------------------------- state
     def _final_states(self, tapes):

@@ -8,7 +8,7 @@ import pytest
 
 import naive
 from bptt_numba import _config
-from bptt_numba._kernels import _products, _recurrence, activations, layers, losses
+from bptt_numba._kernels import _products, _recurrence, activations, head, layers, losses
 from problems import relative_error
 
 def _layer_case(cell, seed=0, n_steps=6):
@@ -374,3 +374,37 @@ def test_inference_keeps_the_gates_of_small_batches_only(batch, kept):
     lengths = np.full(batch, n_steps, np.int64)
     gates = layers.forward("lstm", x, w_ih, bias, w_hh, bias, state, lengths, False, tape=False)[0]
     assert gates.shape[1] == kept
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_head_reads_each_sample_at_its_last_step(dtype, bidirectional):
+    rng = np.random.default_rng(0)
+    n_chunks, n_steps, chunk, hidden, n_outputs = 3, 6, 4, 5, 2
+    h = rng.standard_normal((n_chunks, n_steps + 1, chunk, hidden)).astype(dtype)
+    h_reverse = rng.standard_normal(h.shape).astype(dtype) if bidirectional else np.empty((0, 0, 0, 0), dtype)
+    width = hidden * (2 if bidirectional else 1)
+    weight = rng.standard_normal((n_outputs, width)).astype(dtype)
+    bias = rng.standard_normal(n_outputs).astype(dtype)
+    samples = np.array([0, 5, 11, 7, 2])
+    slots = np.array([6, 1, 3, 6, 4])
+    features = np.full((5, width), np.nan, dtype)
+    out = np.full((5, n_outputs), np.nan, dtype)
+    head.last_outputs(h, h_reverse, samples, slots, weight, bias, features, out)
+    k, i = np.divmod(samples, chunk)
+    expected = h[k, slots, i]
+    if bidirectional:
+        expected = np.concatenate([expected, h_reverse[k, 0, i]], axis=1)
+    np.testing.assert_array_equal(features, expected)
+    tolerance = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(out, expected.astype(np.float64) @ weight.T + bias, rtol=tolerance, atol=tolerance)
+    # The same rows through `linear`, and each alone: the same bits.
+    np.testing.assert_array_equal(_linear(features, weight, bias), out)
+    for n in range(5):
+        np.testing.assert_array_equal(_linear(features[n : n + 1], weight, bias)[0], out[n])
+
+
+def _linear(features, weight, bias):
+    out = np.empty((features.shape[0], weight.shape[0]), features.dtype)
+    head.linear(np.ascontiguousarray(features), weight, bias, out)
+    return out
