@@ -263,7 +263,7 @@ class _RNNBase(BaseEstimator):
         X_arr, lengths, layout = self._sequences(X, reset=False)
         with _threads(self.n_jobs):
             # Lengths only for ragged input: the network checks them again.
-            Y, _ = self.network_.forward(X_arr, lengths if layout == "list" else None, output=self.output)
+            Y = self.network_._outputs(X_arr, lengths if layout == "list" else None, output=self.output)[0]
         return Y, lengths, layout
 
     def _per_sequence(self, values, lengths, layout):
@@ -396,7 +396,7 @@ class RNNRegressor(RegressorMixin, _RNNBase):
         return y_arr, n_outputs
 
     def _network_score(self, network, X, y, lengths, weights):
-        Y, _ = network.forward(X, lengths, output=self.output)
+        Y = network._outputs(X, lengths, output=self.output)[0]
         if self.output == "sequence":
             mask = val.valid_mask(lengths, X.shape[1])
             return r2_score(y[mask], Y[mask])
@@ -588,7 +588,7 @@ class RNNClassifier(ClassifierMixin, _RNNBase):
         return scaled if weights is None else weights * scaled
 
     def _network_score(self, network, X, y, lengths, weights):
-        Y, _ = network.forward(X, lengths, output=self.output)
+        Y = network._outputs(X, lengths, output=self.output)[0]
         predicted = np.argmax(Y, axis=-1)
         if self.output == "sequence":
             mask = val.valid_mask(lengths, X.shape[1])
@@ -727,7 +727,7 @@ class RNNForecaster(RegressorMixin, _RNNBase):
         """R^2 of one-step-ahead predictions along a series (teacher forcing)."""
         check_is_fitted(self)
         series = val.check_series(X, val.check_dtype(self.dtype))
-        Y, _ = self.network_.forward(series[None, :-1], output="sequence")
+        Y = self.network_._outputs(series[None, :-1], output="sequence")[0]
         return r2_score(series[1:], Y[0])
 
     def _condition(self, series):
