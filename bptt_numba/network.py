@@ -756,8 +756,12 @@ class Network:
     def _head(self, features):
         """Outputs (N, n_outputs) of head inputs (N, F), each row on its own (``_kernels.head``)."""
         out = np.empty((features.shape[0], self.n_outputs), dtype=self.dtype)
-        head.linear(np.ascontiguousarray(features), self._weights["head.weight"], self._weights["head.bias"], out)
+        head.linear(np.ascontiguousarray(features), self._head_weight_t(), self._weights["head.bias"], out)
         return out
+
+    def _head_weight_t(self):
+        # A view for one output: a column is C-ordered too.
+        return np.ascontiguousarray(self._weights["head.weight"].T)
 
     def _last_outputs(self, top_layer, b_idx, slots):
         """Head inputs and outputs of "last" mode for samples ``b_idx``, read at state slots ``slots``."""
@@ -766,8 +770,7 @@ class Network:
         features = np.empty((b_idx.shape[0], self.hidden_sizes[-1] * self.n_directions), dtype=self.dtype)
         out = np.empty((b_idx.shape[0], self.n_outputs), dtype=self.dtype)
         head.last_outputs(
-            directions[0][1], h_reverse, b_idx, slots, self._weights["head.weight"], self._weights["head.bias"],
-            features, out,
+            directions[0][1], h_reverse, b_idx, slots, self._head_weight_t(), self._weights["head.bias"], features, out
         )
         return features, out
 

@@ -390,7 +390,7 @@ def test_head_reads_each_sample_at_its_last_step(dtype, bidirectional):
     slots = np.array([6, 1, 3, 6, 4])
     features = np.full((5, width), np.nan, dtype)
     out = np.full((5, n_outputs), np.nan, dtype)
-    head.last_outputs(h, h_reverse, samples, slots, weight, bias, features, out)
+    head.last_outputs(h, h_reverse, samples, slots, np.ascontiguousarray(weight.T), bias, features, out)
     k, i = np.divmod(samples, chunk)
     expected = h[k, slots, i]
     if bidirectional:
@@ -406,5 +406,5 @@ def test_head_reads_each_sample_at_its_last_step(dtype, bidirectional):
 
 def _linear(features, weight, bias):
     out = np.empty((features.shape[0], weight.shape[0]), features.dtype)
-    head.linear(np.ascontiguousarray(features), weight, bias, out)
+    head.linear(np.ascontiguousarray(features), np.ascontiguousarray(weight.T), bias, out)
     return out

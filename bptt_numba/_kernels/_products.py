@@ -14,7 +14,8 @@ dominates the small products of a time step: (16, 64) @ (64, 256) took
   keep scalar accumulators in vector registers.  Every element is the chain of fused multiply-adds ``acc =
   fma(a[i, k], b[k, j], acc)`` for ``k = 0, 1, ...`` from 0.
 - The input projection of a chunk's steps, many rows by ``W_ih^T`` read as
-  it is, plus the bias: `affine`, tiles of the same kind over ``b``'s rows.
+  it is, plus the bias (and the network's head): `affine`, tiles of the
+  same kind over ``b``'s rows.
 - A chunk's weight gradients over narrow inputs or states, ``d.T @ x``
   over all its steps: `gradient_matmul`, a sum of outer products in
   vector tiles (``_recurrence.NARROW_GRADIENT``; wider ones are BLAS).
@@ -96,6 +97,34 @@ class _VectorOps:
         mask = ir.Constant(ir.VectorType(ir.IntType(32), self.lanes), [0] * self.lanes)
         return self.builder.shuffle_vector(first, undefined, mask)
 
+    def load_vectors(self, start, n):
+        """The ``n`` vectors from ``start``."""
+        return [self.builder.load(self.vector_at(start, v), align=self.size) for v in range(n)]
+
+    def store_vectors(self, sums, start):
+        """Store the accumulators ``sums`` as the vectors from ``start``."""
+        for v, total in enumerate(sums):
+            self.builder.store(self.builder.load(total), self.vector_at(start, v), align=self.size)
+
+    def accumulators(self, initial, n_sets):
+        """``n_sets`` sets of accumulators, each starting from the vectors ``initial``."""
+        return [[cgutils.alloca_once_value(self.builder, value) for value in initial] for _ in range(n_sets)]
+
+    def accumulate(self, n_inner, scalars_at, vectors_at, sums):
+        """The loop every tile runs: for ``k`` in ``0 .. n_inner``, ``sums[s][v] = fma(x_s, y_v, sums[s][v])``.
+
+        ``x_s`` is the element at the ``s``-th pointer of ``scalars_at(k)``
+        in every lane, ``y_v`` the ``v``-th vector of ``vectors_at(k)``:
+        one chain of fused multiply-adds per accumulator, ``k`` in order.
+        """
+        with cgutils.for_range(self.builder, n_inner) as loop:
+            vectors = vectors_at(loop.index)
+            for s, pointer in enumerate(scalars_at(loop.index)):
+                x = self.splat(self.builder.load(pointer))
+                for v, y in enumerate(vectors):
+                    total = sums[s][v]
+                    self.builder.store(self.builder.call(self.fused, [x, y, self.builder.load(total)]), total)
+
 
 def _tile(rows, n_panels):
     """An intrinsic ``tile(a, panels, out, i0, p0)``: rows ``i0 .. i0 + rows`` of ``out`` over panels ``p0 .. p0 + n_panels``.
@@ -119,30 +148,23 @@ def _tile(rows, n_panels):
 
     def codegen(context, builder, sig, args):
         ops = _VectorOps(context, builder, sig, args)
-        a = ops.arrays[0]
         i0, p0 = args[3], args[4]
-        intp, size, lanes, fused = ops.intp, ops.size, ops.lanes, ops.fused
-        pointer, vector_at, splat = ops.pointer, ops.vector_at, ops.splat
-        zero = ir.Constant(ops.vector_type, [ir.Constant(ops.float_type, 0.0)] * lanes)
-        sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(n_panels * vectors)] for _ in range(rows)]
-        zero_index = ir.Constant(intp, 0)
+        intp = ops.intp
+        zero = ir.Constant(ops.vector_type, [ir.Constant(ops.float_type, 0.0)] * ops.lanes)
+        sums = ops.accumulators([zero] * (n_panels * vectors), rows)
         row = [builder.add(i0, ir.Constant(intp, r)) for r in range(rows)]
         panel = [builder.add(p0, ir.Constant(intp, q)) for q in range(n_panels)]
-        with cgutils.for_range(builder, cgutils.unpack_tuple(builder, a.shape)[1]) as loop:
-            k = loop.index
-            b_k = []
-            for q in range(n_panels):
-                start = pointer(1, panel[q], k, zero_index)
-                b_k += [builder.load(vector_at(start, v), align=size) for v in range(vectors)]
-            for r in range(rows):
-                a_rk = splat(builder.load(pointer(0, row[r], k)))
-                for v, b_v in enumerate(b_k):
-                    builder.store(builder.call(fused, [a_rk, b_v, builder.load(sums[r][v])]), sums[r][v])
-        width = ir.Constant(intp, vectors * lanes)
+        zero_index = ir.Constant(intp, 0)
+
+        def panel_vectors(k):
+            starts = [ops.pointer(1, panel[q], k, zero_index) for q in range(n_panels)]
+            return [y for start in starts for y in ops.load_vectors(start, vectors)]
+
+        n_inner = cgutils.unpack_tuple(builder, ops.arrays[0].shape)[1]
+        ops.accumulate(n_inner, lambda k: [ops.pointer(0, i, k) for i in row], panel_vectors, sums)
+        first_column = builder.mul(p0, ir.Constant(intp, vectors * ops.lanes))
         for r in range(rows):
-            start = pointer(2, row[r], builder.mul(p0, width))
-            for v in range(n_panels * vectors):
-                builder.store(builder.load(sums[r][v]), vector_at(start, v), align=size)
+            ops.store_vectors(sums[r], ops.pointer(2, row[r], first_column))
         return context.get_dummy_value()
 
     return intrinsic(typer)
@@ -185,30 +207,19 @@ def _gradient_tile(n_vectors):
 
     def codegen(context, builder, sig, args):
         ops = _VectorOps(context, builder, sig, args)
-        d = ops.arrays[0]
         i0, j0 = args[3], args[4]
-        intp, size, fused = ops.intp, ops.size, ops.fused
-        pointer, vector_at, splat = ops.pointer, ops.vector_at, ops.splat
-
+        intp = ops.intp
         col = [builder.add(j0, ir.Constant(intp, c)) for c in range(columns)]
-        acc = []
+        sums = [ops.accumulators(ops.load_vectors(ops.pointer(2, col[c], i0), n_vectors), 1)[0] for c in range(columns)]
+
+        def x_row(r):
+            start = ops.pointer(1, r, j0)
+            return [builder.gep(start, [ir.Constant(intp, c)]) for c in range(columns)]
+
+        n_rows = cgutils.unpack_tuple(builder, ops.arrays[0].shape)[0]
+        ops.accumulate(n_rows, x_row, lambda r: ops.load_vectors(ops.pointer(0, r, i0), n_vectors), sums)
         for c in range(columns):
-            start = pointer(2, col[c], i0)
-            loaded = [builder.load(vector_at(start, v), align=size) for v in range(n_vectors)]
-            acc.append([cgutils.alloca_once_value(builder, value) for value in loaded])
-        with cgutils.for_range(builder, cgutils.unpack_tuple(builder, d.shape)[0]) as loop:
-            r = loop.index
-            d_start = pointer(0, r, i0)
-            d_r = [builder.load(vector_at(d_start, v), align=size) for v in range(n_vectors)]
-            x_start = pointer(1, r, j0)
-            for c in range(columns):
-                x_rc = splat(builder.load(builder.gep(x_start, [ir.Constant(intp, c)])))
-                for v in range(n_vectors):
-                    builder.store(builder.call(fused, [d_r[v], x_rc, builder.load(acc[c][v])]), acc[c][v])
-        for c in range(columns):
-            start = pointer(2, col[c], i0)
-            for v in range(n_vectors):
-                builder.store(builder.load(acc[c][v]), vector_at(start, v), align=size)
+            ops.store_vectors(sums[c], ops.pointer(2, col[c], i0))
         return context.get_dummy_value()
 
     return intrinsic(typer)
@@ -298,24 +309,15 @@ def _affine_tile(rows, n_vectors):
     def codegen(context, builder, sig, args):
         ops = _VectorOps(context, builder, sig, args, n_arrays=4)
         i0, j0 = args[4], args[5]
-        intp, size, fused = ops.intp, ops.size, ops.fused
-        pointer, vector_at, splat = ops.pointer, ops.vector_at, ops.splat
-        bias_start = pointer(3, j0)
-        initial = [builder.load(vector_at(bias_start, v), align=size) for v in range(n_vectors)]
-        sums = [[cgutils.alloca_once_value(builder, value) for value in initial] for _ in range(rows)]
-        row = [builder.add(i0, ir.Constant(intp, r)) for r in range(rows)]
-        with cgutils.for_range(builder, cgutils.unpack_tuple(builder, ops.arrays[0].shape)[1]) as loop:
-            k = loop.index
-            b_start = pointer(1, k, j0)
-            b_k = [builder.load(vector_at(b_start, v), align=size) for v in range(n_vectors)]
-            for r in range(rows):
-                a_rk = splat(builder.load(pointer(0, row[r], k)))
-                for v in range(n_vectors):
-                    builder.store(builder.call(fused, [a_rk, b_k[v], builder.load(sums[r][v])]), sums[r][v])
+        sums = ops.accumulators(ops.load_vectors(ops.pointer(3, j0), n_vectors), rows)
+        row = [builder.add(i0, ir.Constant(ops.intp, r)) for r in range(rows)]
+        n_inner = cgutils.unpack_tuple(builder, ops.arrays[0].shape)[1]
+        ops.accumulate(
+            n_inner, lambda k: [ops.pointer(0, i, k) for i in row],
+            lambda k: ops.load_vectors(ops.pointer(1, k, j0), n_vectors), sums,
+        )
         for r in range(rows):
-            start = pointer(2, row[r], j0)
-            for v in range(n_vectors):
-                builder.store(builder.load(sums[r][v]), vector_at(start, v), align=size)
+            ops.store_vectors(sums[r], ops.pointer(2, row[r], j0))
         return context.get_dummy_value()
 
     return intrinsic(typer)

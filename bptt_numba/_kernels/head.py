@@ -1,47 +1,35 @@
 """The linear head: the network's outputs from the top layer's states.
 
-Each row is computed on its own, in the same order whatever the other rows,
-so that a prediction does not depend on the rest of its batch (a BLAS
-product rounds a row by its position in the call).  Compiled: in NumPy the
+Each row is computed on its own (``_products.affine``), in the same order
+whatever the other rows, so that a prediction does not depend on the rest
+of its batch (a BLAS product rounds a row by its position in the call).  Compiled: in NumPy the
 head of a one-sequence prediction was five to seven calls (the indices of
 the last steps, their gather, ``einsum``, the bias), 20-30 us of the Python
 around its kernels here.
 """
 
-from numba.extending import register_jitable
-
 from .._config import kernel
-
-
-@register_jitable
-def _affine_rows(features, weight, bias, out):
-    for n in range(features.shape[0]):
-        x, y = features[n], out[n]
-        for o in range(weight.shape[0]):
-            w = weight[o]
-            total = bias[o]
-            for j in range(x.shape[0]):
-                total += x[j] * w[j]
-            y[o] = total
+from ._products import affine
 
 
 @kernel
-def linear(features, weight, bias, out):
-    """``out = features @ weight.T + bias``, row by row.
+def linear(features, weight_t, bias, out):
+    """``out = features @ weight_t + bias``, row by row (``_products.affine``).
 
     Parameters
     ----------
     features : ndarray of shape (N, F)
-    weight : ndarray of shape (O, F)
+    weight_t : ndarray of shape (F, O), C-ordered
+        The head's weight, transposed.
     bias : ndarray of shape (O,)
     out : ndarray of shape (N, O)
         Written.
     """
-    _affine_rows(features, weight, bias, out)
+    affine(features, weight_t, bias, out)
 
 
 @kernel
-def last_outputs(h, h_reverse, samples, slots, weight, bias, features, out):
+def last_outputs(h, h_reverse, samples, slots, weight_t, bias, features, out):
     """The head at each sample's last step: its input gathered from the states, and `linear` of it.
 
     Parameters
@@ -55,7 +43,7 @@ def last_outputs(h, h_reverse, samples, slots, weight, bias, features, out):
         Sample ``b`` is row ``b % C`` of chunk ``b // C``.
     slots : ndarray of shape (N,), int64
         The slot of ``h`` each sample is read at: its last step plus one.
-    weight, bias
+    weight_t, bias
         As for `linear`.
     features : ndarray of shape (N, H), or (N, 2 H) with ``h_reverse``
         Written: the forward state, then the reverse one.
@@ -72,4 +60,4 @@ def last_outputs(h, h_reverse, samples, slots, weight, bias, features, out):
             reverse = h_reverse[k, 0, i]
             for j in range(hidden):
                 row[hidden + j] = reverse[j]
-    _affine_rows(features, weight, bias, out)
+    affine(features, weight_t, bias, out)
