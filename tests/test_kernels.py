@@ -156,18 +156,17 @@ def test_block_activations_match_numpy_and_keep_nan(dtype):
     assert np.isnan(x[500]) and np.isnan(y[500])
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_float32_kernels_do_no_float64_arithmetic(cell, monkeypatch):
-    """float32 gate math must not be silently promoted to float64.
+#: Arithmetic on doubles, or a float widened to double.  (Comparisons are
+#: left out: Numba's reshape compares sizes converted to double.)
+_DOUBLE_ARITHMETIC = re.compile(r"= (?:fadd|fsub|fmul|fdiv)[^\n]* double |= fpext float ")
+
+
+def _fresh_kernels_ir(monkeypatch, cell, dtype, backward=True):
+    """LLVM IR of fresh (serial, uncached) compilations of a cell's layer kernels for ``dtype``.
 
     Cached dispatchers cannot show their IR, so the wrappers are made to run
-    fresh (serial, uncached) compilations of the kernels' source, whose LLVM
-    IR is searched for floating-point arithmetic on doubles; the float64
-    build shows that the search would find them.
+    fresh compilations of the kernels' source.
     """
-    # Arithmetic on doubles, or a float widened to double.  (Comparisons are
-    # left out: Numba's reshape compares sizes converted to double.)
-    pattern = re.compile(r"= (?:fadd|fsub|fmul|fdiv)[^\n]* double |= fpext float ")
     fresh = {}
 
     def fresh_kernel(key):
@@ -182,16 +181,27 @@ def test_float32_kernels_do_no_float64_arithmetic(cell, monkeypatch):
     for key in original:
         monkeypatch.setitem(layers.KERNELS, key, fresh_kernel(key))
     params, x, lengths, state0 = _layer_case(cell)
-    for dtype in (np.float32, np.float64):
-        fresh.clear()
-        cast = naive.CellParams(*(p.astype(dtype) for p in params))
-        tape = _run_forward(cell, "tanh", cast, x.astype(dtype), lengths, tuple(s.astype(dtype) for s in state0), False)
+    cast = naive.CellParams(*(p.astype(dtype) for p in params))
+    tape = _run_forward(cell, "tanh", cast, x.astype(dtype), lengths, tuple(s.astype(dtype) for s in state0), False)
+    if backward:
         dh_out = np.ones(tape[1][:, 1:].shape, dtype)
         layers.backward(cell, _chunked(x.astype(dtype)), cast.W_ih, cast.W_hh, tape, lengths, False, 0, 0, dh_out, True)
-        assert len(fresh) == 2
-        for kernel in fresh.values():
-            (ir,) = kernel.inspect_llvm().values()
-            assert bool(pattern.search(ir)) == (dtype == np.float64), (kernel.__name__, dtype)
+    assert len(fresh) == (2 if backward else 1)
+    return {key: next(iter(kernel.inspect_llvm().values())) for key, kernel in fresh.items()}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_float32_kernels_do_no_float64_arithmetic(cell, monkeypatch):
+    """float32 gate math must not be silently promoted to float64."""
+    for key, ir in _fresh_kernels_ir(monkeypatch, cell, np.float32).items():
+        assert not _DOUBLE_ARITHMETIC.search(ir), key
+
+
+def test_the_search_for_float64_arithmetic_finds_it(monkeypatch):
+    # The check above would see doubles: in a float64 build (one kernel,
+    # the cheapest: each fresh compilation took 4-10 s of the suite).
+    (ir,) = _fresh_kernels_ir(monkeypatch, "rnn", np.float64, backward=False).values()
+    assert _DOUBLE_ARITHMETIC.search(ir)
 
 
 def test_denormals_are_flushed_inside_kernels_only():
