@@ -340,10 +340,12 @@ class Network:
         x, chunked_state = batch.x, batch.state
         outputs = np.empty((horizon, self.n_outputs), dtype=self.dtype)
         workspace = self._workspace()
+        weight_t, bias = self._head_weight_t(), self._weights["head.bias"]
         with kernel_section(1 if batch.large else None):
             for step in range(horizon):
                 tapes, top = self._forward_layers(x, batch.lengths, chunked_state, workspace=workspace, tape=False)
-                outputs[step] = self._head(top[0, 0])[0]
+                # `_head`, written in place, with the head's weight transposed once for all steps.
+                head.linear(np.ascontiguousarray(top[0, 0]), weight_t, bias, outputs[step : step + 1])
                 x = outputs[step].reshape(x.shape)
                 # Copies: the next step's buffers may be these ones.
                 chunked_state = [
