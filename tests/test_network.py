@@ -210,6 +210,7 @@ def test_inference_reuses_its_buffers_up_to_a_cap(monkeypatch):
     workspace = net._workspace()
     sizes = [buffer.size for buffer in workspace.values()]
     assert sizes and max(sizes) * 4 >= layers.REUSED_BUFFERS
+    assert all(buffer.ctypes.data % 32 == 0 for buffer in workspace.values())  # for the kernels' vectors
     kept = {key: id(buffer) for key, buffer in workspace.items()}
     for n in (40, 64, 17):
         np.testing.assert_array_equal(net.forward(X[:n], output="sequence")[0], fresh.forward(X[:n], output="sequence")[0])

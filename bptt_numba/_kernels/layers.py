@@ -17,7 +17,7 @@ import numpy as np
 
 from .._config import LARGE_WEIGHTS
 from . import elman, gru, lstm
-from ._products import packed
+from ._products import aligned_empty, packed
 from ._recurrence import NARROW_GRADIENT, PROJECTED_STEPS, gradient_blocks, project_rows, sum_shares
 
 CELLS = {"rnn": elman, "lstm": lstm, "gru": gru}
@@ -49,7 +49,9 @@ def _buffer(workspace, key, shape, dtype):
 
     The buffer is grown, never kept per shape, so that batches of many sizes
     (a last partial batch, truncated windows, predictions) share one; small
-    ones (`REUSED_BUFFERS`) and those asked without a ``workspace`` are fresh.
+    ones (`REUSED_BUFFERS`) and those asked without a ``workspace`` are fresh
+    (NumPy's: aligning those took longer than it saved).  A kept one is
+    aligned for the tiles' vectors (``_products.aligned_empty``).
     """
     size = math.prod(shape)
     if workspace is None or size * np.dtype(dtype).itemsize < REUSED_BUFFERS:
@@ -57,7 +59,7 @@ def _buffer(workspace, key, shape, dtype):
     key = key + (np.dtype(dtype).str,)
     flat = workspace.get(key)
     if flat is None or flat.size < size:
-        flat = workspace[key] = np.empty(size, dtype=dtype)
+        flat = workspace[key] = aligned_empty(size, np.dtype(dtype))
     return flat[:size].reshape(shape)
 
 
