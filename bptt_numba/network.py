@@ -634,25 +634,22 @@ class Network:
         value = _LOSS_KERNELS[objective.loss](
             out, np.ascontiguousarray(targets), objective.weights[b_idx], objective.scale, d_out
         )
-        grads["head.weight"] += d_out.T @ features
-        grads["head.bias"] += d_out.sum(axis=0)
-        d_features = d_out @ self._weights["head.weight"]
-
-        d_top, out_steps = self._top_gradient(d_features, b_idx, t_idx, top.shape[:3], objective.output)
+        d_top, out_steps = self._head_backward(d_out, features, b_idx, t_idx, top.shape[:3], objective.output, grads)
         dx = self._backward_layers(
             tapes, lengths, d_top, out_steps, truncate, t0, grads, need_input_grad, masks, flow, workspace
         )
         return value, self._final_states(tapes), None if dx is None else dx.copy()
 
-    def _top_gradient(self, d_features, b_idx, t_idx, shape, output):
-        """d loss / d top layer output, per direction, for `layers.backward`.
+    def _head_backward(self, d_out, features, b_idx, t_idx, shape, output, grads):
+        """Back through the head (``_kernels.head.backward``): its gradients into ``grads``, and d loss / d top layer output per direction, for `layers.backward`.
 
-        ``d_features`` is the gradient w.r.t. the head input of samples
-        ``b_idx`` at steps ``t_idx``; ``shape`` is the top layer's (K, T, C).
-        For ``output="last"`` each sample has one such step, so the gradient
-        is (K, 1, C, H) with the step in ``out_steps`` (the reverse direction
-        is read after the whole sequence, at step 0): a dense (K, T, C, H)
-        buffer of zeros was as large as an Elman layer's states.
+        ``d_out`` is the gradient w.r.t. the outputs of samples ``b_idx`` at
+        steps ``t_idx``, ``features`` their head inputs; ``shape`` is the top
+        layer's (K, T, C).  For ``output="last"`` each sample has one such
+        step, so the gradient is (K, 1, C, H) with the step in ``out_steps``
+        (the reverse direction is read after the whole sequence, at step 0):
+        a dense (K, T, C, H) buffer of zeros was as large as an Elman layer's
+        states.
 
         Returns
         -------
@@ -660,21 +657,22 @@ class Network:
         out_steps : list of ndarray or None
         """
         n_chunks, n_steps, chunk = shape
-        hidden = self.hidden_sizes[-1]
-        k_idx, i_idx = b_idx // chunk, b_idx % chunk
-        d_top, out_steps = [], []
+        last = output == "last"
+        d_top = [
+            np.zeros((n_chunks, 1 if last else n_steps, chunk, self.hidden_sizes[-1]), self.dtype)
+            for _ in range(self.n_directions)
+        ]
+        d_top_reverse = d_top[1] if self.bidirectional else np.empty((0, 0, 0, 0), self.dtype)
+        head.backward(
+            d_out, features, self._weights["head.weight"], b_idx, np.zeros_like(t_idx) if last else t_idx,
+            grads["head.weight"], grads["head.bias"], d_top[0], d_top_reverse,
+        )
+        if not last:
+            return d_top, [None] * self.n_directions
+        out_steps = []
         for direction in range(self.n_directions):
-            part = d_features[:, direction * hidden : (direction + 1) * hidden]
-            if output == "last":
-                d = np.zeros((n_chunks, 1, chunk, hidden), self.dtype)
-                d[k_idx, 0, i_idx] = part
-                steps = np.full(n_chunks * chunk, -1, dtype=np.int64)
-                steps[b_idx] = 0 if direction == 1 else t_idx
-            else:
-                d = np.zeros((n_chunks, n_steps, chunk, hidden), self.dtype)
-                d[k_idx, t_idx, i_idx] = part
-                steps = None
-            d_top.append(d)
+            steps = np.full(n_chunks * chunk, -1, dtype=np.int64)
+            steps[b_idx] = 0 if direction == 1 else t_idx
             out_steps.append(steps)
         return d_top, out_steps
 
@@ -719,7 +717,7 @@ class Network:
     def _backward_layers(
         self, tapes, lengths, d_top, out_steps, truncate, t0, grads, need_input_grad, masks, flow, workspace
     ):
-        """Back-propagate ``d_top`` (see `_top_gradient`) through the stack, accumulating ``grads``."""
+        """Back-propagate ``d_top`` (see `_head_backward`) through the stack, accumulating ``grads``."""
         use_relu = self.nonlinearity == "relu"
         d_outputs = d_top
         layer_flows = [None] * len(tapes)

@@ -426,6 +426,36 @@ def test_head_reads_each_sample_at_its_last_step(dtype, bidirectional):
         np.testing.assert_array_equal(_linear(features[n : n + 1], weight, bias)[0], out[n])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("n_rows", [0, 5, 300])
+def test_head_backward_matches_numpy(dtype, bidirectional, n_rows):
+    rng = np.random.default_rng(n_rows)
+    n_chunks, n_slots, chunk, hidden, n_outputs = 10, 7, 8, 5, 3
+    width = hidden * (2 if bidirectional else 1)
+    d_out = rng.standard_normal((n_rows, n_outputs)).astype(dtype)
+    features = rng.standard_normal((n_rows, width)).astype(dtype)
+    weight = rng.standard_normal((n_outputs, width)).astype(dtype)
+    # Distinct places, as the rows of one batch are.
+    place = rng.permutation(n_chunks * chunk * n_slots)[:n_rows]
+    samples, steps = place // n_slots, place % n_slots
+    g_weight, g_bias = rng.standard_normal((n_outputs, width)).astype(dtype), rng.standard_normal(n_outputs).astype(dtype)
+    expected_weight = g_weight.astype(np.float64) + d_out.T.astype(np.float64) @ features
+    expected_bias = g_bias + d_out.astype(np.float64).sum(axis=0)
+    d_top = np.zeros((n_chunks, n_slots, chunk, hidden), dtype)
+    d_top_reverse = np.zeros_like(d_top) if bidirectional else np.empty((0, 0, 0, 0), dtype)
+    head.backward(d_out, features, weight, samples, steps, g_weight, g_bias, d_top, d_top_reverse)
+    tolerance = 1e-12 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(g_weight, expected_weight, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(g_bias, expected_bias, rtol=tolerance, atol=tolerance)
+    d_features = d_out.astype(np.float64) @ weight
+    k, i = np.divmod(samples, chunk)
+    for got, part in [(d_top, d_features[:, :hidden])] + ([(d_top_reverse, d_features[:, hidden:])] if bidirectional else []):
+        expected = np.zeros(got.shape)
+        expected[k, steps, i] = part
+        np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance)
+
+
 def _linear(features, weight, bias):
     out = np.empty((features.shape[0], weight.shape[0]), features.dtype)
     head.linear(np.ascontiguousarray(features), np.ascontiguousarray(weight.T), bias, out)
