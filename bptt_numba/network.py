@@ -730,13 +730,11 @@ class Network:
                 w_ih, w_hh, _, _ = self._layer_weights(self._weights, layer, direction)
                 if flow is not None:
                     squares[direction] = np.zeros(layer_input.shape[:3], self.dtype)
-                dx, layer_grads = layers.backward(
+                dx = layers.backward(
                     self.cell, layer_input, w_ih, w_hh, tape, lengths, direction == 1, truncate, t0,
-                    d_outputs[direction], want_dx, use_relu, squares[direction], workspace, (layer, direction),
-                    out_steps[direction],
+                    d_outputs[direction], want_dx, self._layer_weights(grads, layer, direction), use_relu,
+                    squares[direction], workspace, (layer, direction), out_steps[direction],
                 )
-                for total, part in zip(self._layer_weights(grads, layer, direction), layer_grads):
-                    total += part
                 if want_dx:
                     dx_total = dx if dx_total is None else dx_total + dx
             layer_flows[layer] = squares

@@ -74,9 +74,11 @@ def test_backward_wrapper_matches_reference(cell, nonlinearity, reverse, truncat
     tape = _run_forward(cell, nonlinearity, params, x, lengths, state0, reverse)
     dh_out = np.random.default_rng(2).normal(size=(4, x.shape[1], params.W_hh.shape[1]))
     dh_out[np.arange(x.shape[1])[None, :] >= lengths[:, None]] = 0.0
-    dx, grads = layers.backward(
+    # Added to what the gradients hold.
+    grads = tuple(np.ones_like(p) for p in (params.W_ih, params.W_hh, params.b_ih, params.b_hh))
+    dx = layers.backward(
         cell, _chunked(x), params.W_ih, params.W_hh, tape, lengths, reverse, truncate, 0, _chunked(dh_out),
-        True, nonlinearity == "relu",
+        True, grads, nonlinearity == "relu",
     )
     expected = [np.zeros_like(p) for p in (params.W_ih, params.W_hh, params.b_ih, params.b_hh)]
     expected_dx = np.zeros_like(x)
@@ -95,7 +97,7 @@ def test_backward_wrapper_matches_reference(cell, nonlinearity, reverse, truncat
             if truncate and naive.crosses_border(t, lengths[b], reverse, truncate):
                 d_state = tuple(np.zeros_like(s) for s in d_state)
     for got, want in zip(grads, expected):
-        assert relative_error(got, want) < 1e-12
+        assert relative_error(got - 1, want) < 1e-12
     assert relative_error(_unchunked(dx), expected_dx) < 1e-12
 
 
@@ -185,7 +187,8 @@ def _fresh_kernels_ir(monkeypatch, cell, dtype, backward=True):
     tape = _run_forward(cell, "tanh", cast, x.astype(dtype), lengths, tuple(s.astype(dtype) for s in state0), False)
     if backward:
         dh_out = np.ones(tape[1][:, 1:].shape, dtype)
-        layers.backward(cell, _chunked(x.astype(dtype)), cast.W_ih, cast.W_hh, tape, lengths, False, 0, 0, dh_out, True)
+        grads = tuple(np.zeros_like(p) for p in (cast.W_ih, cast.W_hh, cast.b_ih, cast.b_hh))
+        layers.backward(cell, _chunked(x.astype(dtype)), cast.W_ih, cast.W_hh, tape, lengths, False, 0, 0, dh_out, True, grads)
     assert len(fresh) == (2 if backward else 1)
     return {key: next(iter(kernel.inspect_llvm().values())) for key, kernel in fresh.items()}
 
@@ -231,20 +234,23 @@ def test_sum_shares_adds_in_chunk_order_on_any_thread_count(n_chunks):
     rng = np.random.default_rng(n_chunks)
     sizes = (2 * _recurrence.SUM_BLOCK + 37, 5, _recurrence.SUM_BLOCK)
     shares = tuple(rng.standard_normal((n_chunks, size)).astype(np.float32) for size in sizes)
+    initial = tuple(rng.standard_normal(size).astype(np.float32) for size in sizes)
     expected = []
-    for array in shares:
+    for array, start in zip(shares, initial):
         total = array[0].copy()
         for share in array[1:]:
             total += share
-        expected.append(total)
+        expected.append(start + total)
     previous = numba.get_num_threads()
     try:
         for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
             numba.set_num_threads(threads)
+            totals = tuple(start.copy() for start in initial)
             work = tuple(array.copy() for array in shares)
-            _recurrence.sum_shares(work)
-            for result, total, array in zip(work, expected, shares):
-                np.testing.assert_array_equal(result[0], total)
+            _recurrence.sum_shares(work, totals)
+            for result, total, array in zip(totals, expected, shares):
+                np.testing.assert_array_equal(result, total)
+            for result, array in zip(work, shares):
                 np.testing.assert_array_equal(result[1:], array[1:])
     finally:
         numba.set_num_threads(previous)

@@ -272,8 +272,9 @@ def gradient_blocks(x, h, offset, d_in, d_rec, w_ih, g_w_ih, g_w_hh, g_b_ih, g_b
     offset : int
         0 for a forward-direction layer, 1 for a reverse one.
     d_in, d_rec : ndarray of shape (N, G)
-    w_ih, g_w_ih, g_w_hh, g_b_ih, g_b_hh
-        As for `chunk_gradients` (the whole gradients, written).
+    w_ih : ndarray of shape (G, D)
+    g_w_ih, g_w_hh, g_b_ih, g_b_hh : ndarray
+        The whole gradients: the batch's are added to them.
     dx : ndarray of shape (N, D) or empty
     blocks : int
         As for `project_rows`.
@@ -296,16 +297,18 @@ def gradient_blocks(x, h, offset, d_in, d_rec, w_ih, g_w_ih, g_w_hh, g_b_ih, g_b
             _gradient_columns(d_rec, states, g_w_hh, start, stop)
         start = block * n_gates // blocks
         stop = (block + 1) * n_gates // blocks
-        b_in = g_b_ih[start:stop]
-        b_rec = g_b_hh[start:stop]
-        b_in[:] = 0
-        b_rec[:] = 0
+        b_in = np.zeros(stop - start, dtype=g_b_ih.dtype)
+        b_rec = np.zeros(stop - start, dtype=g_b_hh.dtype)
         for r in range(n_rows):
             row_in = d_in[r, start:stop]
             row_rec = d_rec[r, start:stop]
             for g in range(stop - start):
                 b_in[g] += row_in[g]
                 b_rec[g] += row_rec[g]
+        total_in, total_rec = g_b_ih[start:stop], g_b_hh[start:stop]
+        for g in range(stop - start):
+            total_in[g] += b_in[g]
+            total_rec[g] += b_rec[g]
         first = block * n_rows // blocks
         last = (block + 1) * n_rows // blocks
         if dx.size and last > first:
@@ -315,21 +318,22 @@ def gradient_blocks(x, h, offset, d_in, d_rec, w_ih, g_w_ih, g_w_hh, g_b_ih, g_b
 
 @register_jitable
 def _gradient_columns(d, a, g_w, start, stop):
-    """``g_w[:, start:stop] = d^T a`` (``a`` holds those columns, contiguous)."""
+    """``g_w[:, start:stop] += d^T a`` (``a`` holds those columns, contiguous)."""
     part = np.empty((d.shape[1], stop - start), dtype=g_w.dtype)
     np.dot(d.T, a, part)
     for g in range(part.shape[0]):
-        copy(part[g], g_w[g, start:stop])
+        source, target = part[g], g_w[g, start:stop]
+        for j in range(stop - start):
+            target[j] += source[j]
 
 
 @kernel(parallel=True)
-def sum_shares(shares):
-    """Sum the chunks' shares of each gradient into its first share, in place.
+def sum_shares(shares, totals):
+    """Add the sum of the chunks' shares of each gradient to its total.
 
     Threads split the elements, and every element adds its chunks' shares
-    in chunk order, so the sum is the same on any thread count (and the
-    same as a serial sum).  In place, since a copy of the weights' size
-    would add to a step's peak memory.  Done serially in NumPy, this sum
+    in chunk order, then the sum to its total, so the result is the same on
+    any thread count (and the same as a serial sum).  Done serially in NumPy, this sum
     was the largest serial part of a batch-256 step on 16 threads.  All of
     a layer's gradients in one call: one parallel region instead of four
     and its loop indexed from 0, took the sums of a training step from 71 to
@@ -339,7 +343,9 @@ def sum_shares(shares):
     Parameters
     ----------
     shares : tuple of ndarray of shape (K, N_i), C-ordered
-        Row ``k`` of each is chunk ``k``'s share; row 0 receives the sum.
+        Row ``k`` of each is chunk ``k``'s share (row 0 is overwritten).
+    totals : tuple of ndarray of shape (N_i,)
+        Added to.
     """
     n_blocks = 0
     for a in range(len(shares)):
@@ -358,8 +364,11 @@ def sum_shares(shares):
         stop = min(array.shape[1], start + SUM_BLOCK)
         # Views indexed from 0 (see the module docstring): indexed from
         # ``start``, the loop was not vectorised and took 4x as long.
-        total = array[0, start:stop]
+        partial = array[0, start:stop]
         for k in range(1, array.shape[0]):
             share = array[k, start:stop]
             for e in range(stop - start):
-                total[e] += share[e]
+                partial[e] += share[e]
+        total = totals[owner[block]][start:stop]
+        for e in range(stop - start):
+            total[e] += partial[e]

@@ -164,6 +164,7 @@ def backward(
     t_offset,
     dh_out,
     need_dx,
+    grads,
     use_relu=False,
     dh_sq=None,
     workspace=None,
@@ -187,6 +188,10 @@ def backward(
         ``out_steps`` at one step per sample.
     need_dx : bool
         Also return the gradient w.r.t. ``x``.
+    grads : tuple of ndarray
+        The gradients w.r.t. ``w_ih, w_hh, b_ih, b_hh``, C-ordered: this
+        pass's are added to them (by the kernels that sum them, where adding
+        a layer's gradients in NumPy after them was four more passes).
     dh_sq : ndarray of shape (K, T, C), optional
         Zeroed buffer; receives the squared norm of d loss / d h_t per
         sample and step (the gradient-flow diagnostic).
@@ -199,9 +204,8 @@ def backward(
     Returns
     -------
     dx : ndarray of shape (K, T, C, D) or None
-    grads : tuple of ndarray
-        Gradients w.r.t. ``w_ih, w_hh, b_ih, b_hh``; with a ``workspace``
-        they live in it until the next call with the same ``key``.
+        With a ``workspace`` it lives in it until the next call with the
+        same ``key``.
     """
     gates, h, aux = tape
     n_chunks = x.shape[0]
@@ -214,24 +218,24 @@ def backward(
         dh_sq = np.empty((0, 0, 0), dtype=x.dtype)
     if out_steps is None:
         out_steps = np.empty(0, dtype=np.int64)
-    _check_buffers(x, w_ih, w_hh, gates, h, aux, dh_out, dx, *shares, dh_sq)
+    _check_buffers(x, w_ih, w_hh, gates, h, aux, dh_out, dx, *shares, dh_sq, *grads)
     KERNELS[cell, "backward"](
         x, w_ih, packed(w_hh, False, large), gates, h, aux, lengths, reverse, use_relu, truncate, t_offset, dh_out,
         out_steps, dx, *shares, dh_sq, large,
     )
     if large:
-        _whole_batch_gradients(CELLS[cell], x, w_ih, gates, h, aux, reverse, dx, shares)
-    elif n_chunks > 1:
-        sum_shares(tuple(share.reshape((n_chunks, -1)) for share in shares))
-    return (dx if need_dx else None), tuple(share[0] for share in shares)
+        _whole_batch_gradients(CELLS[cell], x, w_ih, gates, h, aux, reverse, dx, grads)
+    else:
+        sum_shares(tuple(share.reshape((n_chunks, -1)) for share in shares), tuple(total.reshape(-1) for total in grads))
+    return dx if need_dx else None
 
 
-def _whole_batch_gradients(module, x, w_ih, gates, h, aux, reverse, dx, shares):
+def _whole_batch_gradients(module, x, w_ih, gates, h, aux, reverse, dx, grads):
     """The weight and input gradients of large weights, over the whole batch (``_recurrence.gradient_blocks``)."""
     rows = x.shape[0] * x.shape[1] * x.shape[2]
     d_rec = aux if module.RECURRENT_GRADIENT_IN_AUX else gates
     gradient_blocks(
         x.reshape((rows, x.shape[3])), h, int(reverse), gates.reshape((rows, gates.shape[3])),
-        d_rec.reshape((rows, gates.shape[3])), w_ih, *(share[0] for share in shares),
+        d_rec.reshape((rows, gates.shape[3])), w_ih, *grads,
         dx.reshape((dx.shape[0] * dx.shape[1] * dx.shape[2], dx.shape[3])), numba.get_num_threads(),
     )
