@@ -216,14 +216,24 @@ def chunk_gradients(x, h_prev, d_in, d_rec, w_ih, g_w_ih, g_w_hh, g_b_ih, g_b_hh
     d_rec2 = d_rec.reshape((rows, d_rec.shape[2]))
     _weight_gradient(d_in2, x.reshape((rows, x.shape[2])), g_w_ih)
     _weight_gradient(d_rec2, h_prev.reshape((rows, h_prev.shape[2])), g_w_hh)
-    g_b_ih[:] = 0
-    g_b_hh[:] = 0
-    for r in range(rows):
-        for g in range(d_in2.shape[1]):
-            g_b_ih[g] += d_in2[r, g]
-            g_b_hh[g] += d_rec2[r, g]
+    _column_sums(d_in2, g_b_ih)
+    if d_rec.ctypes.data == d_in.ctypes.data:
+        # One array for both sides (LSTM, Elman): the same sums.
+        copy(g_b_ih, g_b_hh)
+    else:
+        _column_sums(d_rec2, g_b_hh)
     if dx.size:
         np.dot(d_in2, w_ih, dx.reshape((rows, dx.shape[2])))
+
+
+@register_jitable
+def _column_sums(d, out):
+    """``out = d.sum(axis=0)``, row after row (one vectorised loop: views indexed from 0)."""
+    out[:] = 0
+    for r in range(d.shape[0]):
+        row = d[r]
+        for g in range(out.shape[0]):
+            out[g] += row[g]
 
 
 #: Inputs or states up to which a chunk's weight gradient is
