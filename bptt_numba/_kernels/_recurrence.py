@@ -216,14 +216,19 @@ def chunk_gradients(x, h_prev, d_in, d_rec, w_ih, g_w_ih, g_w_hh, g_b_ih, g_b_hh
     d_rec2 = d_rec.reshape((rows, d_rec.shape[2]))
     _weight_gradient(d_in2, x.reshape((rows, x.shape[2])), g_w_ih)
     _weight_gradient(d_rec2, h_prev.reshape((rows, h_prev.shape[2])), g_w_hh)
-    _column_sums(d_in2, g_b_ih)
-    if d_rec.ctypes.data == d_in.ctypes.data:
-        # One array for both sides (LSTM, Elman): the same sums.
-        copy(g_b_ih, g_b_hh)
-    else:
-        _column_sums(d_rec2, g_b_hh)
+    _bias_gradients(d_in2, d_rec2, g_b_ih, g_b_hh)
     if dx.size:
         np.dot(d_in2, w_ih, dx.reshape((rows, dx.shape[2])))
+
+
+@register_jitable
+def _bias_gradients(d_in, d_rec, g_b_ih, g_b_hh):
+    """``g_b_ih = d_in.sum(0)`` and ``g_b_hh = d_rec.sum(0)``, summed once when both are one array (LSTM, Elman)."""
+    _column_sums(d_in, g_b_ih)
+    if d_rec.ctypes.data == d_in.ctypes.data:
+        copy(g_b_ih, g_b_hh)
+    else:
+        _column_sums(d_rec, g_b_hh)
 
 
 @register_jitable
@@ -307,14 +312,9 @@ def gradient_blocks(x, h, offset, d_in, d_rec, w_ih, g_w_ih, g_w_hh, g_b_ih, g_b
             _gradient_columns(d_rec, states, g_w_hh, start, stop)
         start = block * n_gates // blocks
         stop = (block + 1) * n_gates // blocks
-        b_in = np.zeros(stop - start, dtype=g_b_ih.dtype)
-        b_rec = np.zeros(stop - start, dtype=g_b_hh.dtype)
-        for r in range(n_rows):
-            row_in = d_in[r, start:stop]
-            row_rec = d_rec[r, start:stop]
-            for g in range(stop - start):
-                b_in[g] += row_in[g]
-                b_rec[g] += row_rec[g]
+        b_in = np.empty(stop - start, dtype=g_b_ih.dtype)
+        b_rec = np.empty(stop - start, dtype=g_b_hh.dtype)
+        _bias_gradients(d_in[:, start:stop], d_rec[:, start:stop], b_in, b_rec)
         total_in, total_rec = g_b_ih[start:stop], g_b_hh[start:stop]
         for g in range(stop - start):
             total_in[g] += b_in[g]

@@ -212,7 +212,8 @@ def backward(
     large = _large(w_hh)
     dx = _buffer(workspace, ("dx",) + key, x.shape if need_dx else (n_chunks, 0, 0, 0), x.dtype)
     shapes = (w_ih.shape, w_hh.shape, w_ih.shape[:1], w_hh.shape[:1])
-    n_shares = 1 if large else n_chunks
+    # Large weights: the kernel leaves the weight gradients to gradient_blocks, which adds to ``grads``.
+    n_shares = 0 if large else n_chunks
     shares = [_buffer(workspace, ("share", i) + key, (n_shares,) + shape, x.dtype) for i, shape in enumerate(shapes)]
     if dh_sq is None:
         dh_sq = np.empty((0, 0, 0), dtype=x.dtype)

@@ -197,7 +197,7 @@ def lstm_backward(
         sample and step (the gradient-flow diagnostic).
     large : bool
         Large weights: the weight gradients are left to
-        ``_recurrence.gradient_blocks`` (``g_w_ih`` ... are not written).
+        ``_recurrence.gradient_blocks`` (``g_w_ih`` ... are empty).
     """
     n_chunks, chunk = x.shape[0], x.shape[2]
     for k in prange(n_chunks):
