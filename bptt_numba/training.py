@@ -591,7 +591,12 @@ class _Windows:
             # Only sequences ending inside the loss region are scored.
             ends = batch.lengths[active] - 1
             window.weights[(ends < loss_from) | (ends >= stop)] = 0
-        next_start = self.bounds[index + 1][0] if index + 1 < len(self.bounds) else stop
+        has_next = index + 1 < len(self.bounds)
+        next_start = self.bounds[index + 1][0] if has_next else stop
+        # The state at this window's end goes on to a next window starting
+        # there or later; after the last window nothing reads it, so it is
+        # neither computed nor copied.
+        carry_final = has_next and next_start >= stop
         carried = None
         if next_start < stop:
             # TBPTT(k1, k2 > k1): the next window re-unrolls part of this one.
@@ -601,25 +606,21 @@ class _Windows:
                 carried = network.forward(window.X[:, : next_start - start], head, window_state, "sequence")[1]
         result = (0.0, None, len(active), 0.0)
         if window.weights.sum() > 0:
-            loss, grad, final = network.loss_and_grad_vector(
-                window.X,
-                window.y,
-                window.lengths,
-                loss=trainer.loss,
-                output=trainer.output,
-                state=window_state,
-                sample_weight=window.weights,
-                loss_start=loss_from - start,
-                dropout=trainer.dropout,
-                random_state=trainer.rng,
+            # `Network.loss_and_grad_vector`, with the final state left chunked until it is needed.
+            backprop = network._backprop(
+                window.X, window.y, window.lengths, trainer.loss, trainer.output, None, window_state, window.weights,
+                loss_from - start, trainer.dropout, trainer.rng,
             )
+            loss, grad = backprop.loss, backprop.grad
+            if carry_final:
+                final = network._user_state(backprop.chunked_state, backprop.n_samples)
             scored = window.weights if trainer.output == "last" else (
                 window.weights * np.maximum(window.lengths - (loss_from - start), 0)
             )
             result = (loss, grad, len(active), float(scored.astype(np.float64).sum()))
-        elif next_start >= stop:
+        elif carry_final:
             final = network.forward(window.X, window.lengths, window_state, output="sequence")[1]
-        if next_start >= stop:
+        if carry_final:
             carried = final
         if carried is not None:  # None: still the zero initial state
             self.state = _put_state(self.state, active, carried, batch.n_samples)
@@ -706,9 +707,19 @@ class _Data:
         return _Data(self.X[rows, :steps], y, lengths, self.weights[rows], self.per_step)
 
     def window(self, rows, start, stop):
-        """Samples ``rows`` over steps ``start .. stop`` (their valid part)."""
+        """Samples ``rows`` over steps ``start .. stop`` (their valid part).
+
+        ``rows`` are sorted, distinct, and still running at ``start``.  With
+        every sample the arrays are views, the weights (which the caller
+        edits) excepted: the copy of ``X`` took 60-90 us of a 3.5 ms LSTM
+        H=64 B=64 step of ``fit`` here, and ``Network._batch`` copies it
+        again into its own layout.  (``np.clip`` for the lengths took another
+        40 us there.)
+        """
+        if rows.shape[0] == self.n_samples:
+            rows = slice(None)
         y = self.y[rows, start:stop] if self.per_step else self.y[rows]
-        lengths = np.clip(self.lengths[rows] - start, 1, stop - start)
+        lengths = np.minimum(self.lengths[rows] - start, stop - start)
         return _Data(self.X[rows, start:stop], y, lengths, self.weights[rows].copy(), self.per_step)
 
 

@@ -43,7 +43,7 @@ def test_gradient_matches_finite_differences(cell_nl, hidden, bidirectional, out
     )
     k = TRUNCATE[truncate]
     config = dict(lengths=lens, loss=loss, output=output, sample_weight=weights)
-    value, flat, _, input_grad, _ = net._backprop(
+    value, flat, _, _, input_grad, _ = net._backprop(
         X, y, lens, loss, output, k, None, weights, 0, 0.0, None, need_input_grad=True
     )
     analytic = dict(net.unflatten(flat), X=input_grad)

@@ -44,7 +44,7 @@ def test_forward_and_gradients_match_reference(cell_nl, hidden, bidirectional, o
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-12)
 
     for truncate in (None, 3):
-        value, grads, _, input_grad, _ = net._backprop(
+        value, grads, _, _, input_grad, _ = net._backprop(
             X, y, lengths, "mse", output, truncate, state, weights, 0, 0.0, None, need_input_grad=True
         )
         value_ref, grads_ref, dX_ref = naive.naive_loss_and_grad(

@@ -118,14 +118,14 @@ class _Recorder:
 
     def __init__(self, trainer, net):
         self.calls = []
-        original = net.loss_and_grad_vector
+        original = net._backprop
 
-        def recording(X, y, lengths, **kwargs):
-            result = original(X, y, lengths, **kwargs)
-            self.calls.append(dict(X=X, y=y, lengths=lengths, grad=result[1], **kwargs))
+        def recording(X, y, lengths, loss, output, truncate, state, sample_weight, loss_start, *args, **kwargs):
+            result = original(X, y, lengths, loss, output, truncate, state, sample_weight, loss_start, *args, **kwargs)
+            self.calls.append(dict(X=X, y=y, lengths=lengths, grad=result.grad, state=state, loss_start=loss_start))
             return result
 
-        net.loss_and_grad_vector = recording
+        net._backprop = recording
         trainer._step = lambda loss, grad, *args: (loss, 0.0)
 
 
@@ -162,6 +162,21 @@ def test_tbptt_carries_the_exact_state_and_gradients_match_reference(cell, windo
         )
         expected = np.concatenate([grads[name].ravel() for name in net.parameter_shapes])
         assert relative_error(call["grad"], expected) < 1e-10
+
+
+def test_a_whole_batch_window_is_a_view_and_its_weights_a_copy():
+    net, X, y, lengths = _toy(n_samples=6, output="sequence")
+    trainer = Trainer(net, output="sequence", batch_size=6)
+    batch = trainer._check_data(X, y, lengths, None)
+    rows = np.arange(batch.n_samples)
+    window = batch.window(rows, 0, batch.n_steps)
+    assert np.shares_memory(window.X, batch.X) and np.shares_memory(window.y, batch.y)
+    assert not np.shares_memory(window.weights, batch.weights)
+    np.testing.assert_array_equal(window.lengths, batch.lengths)
+    # Some rows, some steps: copies, the lengths cut to the window.
+    part = batch.window(rows[1:4], 2, 5)
+    np.testing.assert_array_equal(part.X, batch.X[1:4, 2:5])
+    np.testing.assert_array_equal(part.lengths, np.minimum(batch.lengths[1:4] - 2, 3))
 
 
 def test_stateful_streams_of_one_long_series():
