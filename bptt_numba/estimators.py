@@ -732,8 +732,7 @@ class RNNForecaster(RegressorMixin, _RNNBase):
 
     def _condition(self, series):
         """State after running ``series`` through the network, and its last value."""
-        _, state = self.network_.forward(series[None, :-1], output="sequence")
-        return state, series[-1]
+        return self.network_._final_state(series[None, :-1]), series[-1]
 
     _targets = RNNRegressor._targets
     _network_score = RNNRegressor._network_score

@@ -603,7 +603,7 @@ class _Windows:
             carried = window_state
             if next_start > start:
                 head = np.minimum(window.lengths, next_start - start)
-                carried = network.forward(window.X[:, : next_start - start], head, window_state, "sequence")[1]
+                carried = network._final_state(window.X[:, : next_start - start], head, window_state)
         result = (0.0, None, len(active), 0.0)
         if window.weights.sum() > 0:
             # `Network.loss_and_grad_vector`, with the final state left chunked until it is needed.
@@ -619,7 +619,7 @@ class _Windows:
             )
             result = (loss, grad, len(active), float(scored.astype(np.float64).sum()))
         elif carry_final:
-            final = network.forward(window.X, window.lengths, window_state, output="sequence")[1]
+            final = network._final_state(window.X, window.lengths, window_state)
         if carry_final:
             carried = final
         if carried is not None:  # None: still the zero initial state

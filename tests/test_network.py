@@ -110,6 +110,19 @@ def test_initialisation():
     assert Network(6, (5,), cell="gru").get_weights()["bias_ih_l0"].max() == 0.0
 
 
+@pytest.mark.parametrize("cell, bidirectional", [("lstm", False), ("gru", True), ("rnn", False)])
+def test_final_state_alone_is_forwards(cell, bidirectional):
+    net, X, _, lengths, _ = make_problem(cell, hidden_sizes=(3, 2), bidirectional=bidirectional, lengths=[5, 2, 4])
+    _, state = net.forward(X[:, :3], np.minimum(lengths, 3))
+    for initial in (None, state):
+        _, expected = net.forward(X, lengths, initial)
+        got = net._final_state(X, lengths, initial)
+        assert len(got) == len(expected)
+        for mine, theirs in zip(got, expected):
+            for a, b in zip(*(parts if isinstance(parts, tuple) else (parts,) for parts in (mine, theirs))):
+                np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_truncate_at_least_length_is_full_bptt(cell):
     net, X, y, lengths, _ = make_problem(cell, n_steps=6, lengths=[6, 4, 2])
