@@ -229,7 +229,7 @@ def check_state(state, hidden_sizes, n_directions, n_state, n_samples, dtype):
         return None
     if not isinstance(state, (list, tuple)) or len(state) != len(hidden_sizes):
         raise ValueError(f"state must be a list with one entry per layer ({len(hidden_sizes)})")
-    split = []
+    checked = []
     for layer, (entry, size) in enumerate(zip(state, hidden_sizes)):
         parts = tuple(entry) if n_state == 2 else (entry,)
         if n_state == 2 and len(parts) != 2:
@@ -242,8 +242,13 @@ def check_state(state, hidden_sizes, n_directions, n_state, n_samples, dtype):
                 raise ValueError(f"state of layer {layer} must have shape {expected}; got {array.shape}")
             check_finite(f"state of layer {layer}", array)
             arrays.append(array)
-        split.append([tuple(array[d] for array in arrays) for d in range(n_directions)])
-    return split
+        checked.append(arrays)
+    return split_state(checked, n_directions)
+
+
+def split_state(layers, n_directions):
+    """``[layer] -> parts`` of (n_directions, n_samples, H) arrays to ``[layer][direction] -> tuple`` of views."""
+    return [[tuple(part[d] for part in parts) for d in range(n_directions)] for parts in layers]
 
 
 def check_windows(truncate):

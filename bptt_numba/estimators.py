@@ -732,7 +732,8 @@ class RNNForecaster(RegressorMixin, _RNNBase):
 
     def _condition(self, series):
         """State after running ``series`` through the network, and its last value."""
-        return self.network_._final_state(series[None, :-1]), series[-1]
+        network = self.network_
+        return network._final_state(network._batch(series[None, :-1], None, None, "sequence")), series[-1]
 
     _targets = RNNRegressor._targets
     _network_score = RNNRegressor._network_score

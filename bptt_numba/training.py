@@ -603,13 +603,19 @@ class _Windows:
             carried = window_state
             if next_start > start:
                 head = np.minimum(window.lengths, next_start - start)
-                carried = network._final_state(window.X[:, : next_start - start], head, window_state)
+                carried = network._final_state(
+                    network._window_batch(window.X[:, : next_start - start], head, window_state)
+                )
         result = (0.0, None, len(active), 0.0)
-        if window.weights.sum() > 0:
-            # `Network.loss_and_grad_vector`, with the final state left chunked until it is needed.
-            backprop = network._backprop(
-                window.X, window.y, window.lengths, trainer.loss, trainer.output, None, window_state, window.weights,
-                loss_from - start, trainer.dropout, trainer.rng,
+        scores = window.weights.sum() > 0
+        if scores or carry_final:
+            # `fit` validated the data, and the state is the network's own:
+            # the window goes in unchecked, its final state chunked until needed.
+            chunked = network._window_batch(window.X, window.lengths, window_state)
+        if scores:
+            backprop = network._backprop_batch(
+                chunked, window.y, window.weights, trainer.loss, trainer.output, 0, loss_from - start,
+                trainer.dropout, trainer.rng,
             )
             loss, grad = backprop.loss, backprop.grad
             if carry_final:
@@ -619,7 +625,7 @@ class _Windows:
             )
             result = (loss, grad, len(active), float(scored.astype(np.float64).sum()))
         elif carry_final:
-            final = network._final_state(window.X, window.lengths, window_state)
+            final = network._final_state(chunked)
         if carry_final:
             carried = final
         if carried is not None:  # None: still the zero initial state

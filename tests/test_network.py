@@ -110,17 +110,32 @@ def test_initialisation():
     assert Network(6, (5,), cell="gru").get_weights()["bias_ih_l0"].max() == 0.0
 
 
+def _assert_same_state(got, expected):
+    assert len(got) == len(expected)
+    for mine, theirs in zip(got, expected):
+        for a, b in zip(*(parts if isinstance(parts, tuple) else (parts,) for parts in (mine, theirs))):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("cell, bidirectional", [("lstm", False), ("gru", True), ("rnn", False)])
-def test_final_state_alone_is_forwards(cell, bidirectional):
+def test_final_state_alone_is_forwards_and_a_window_batch_is_a_checked_one(cell, bidirectional):
     net, X, _, lengths, _ = make_problem(cell, hidden_sizes=(3, 2), bidirectional=bidirectional, lengths=[5, 2, 4])
+    lengths = np.asarray(lengths, dtype=np.int64)
     _, state = net.forward(X[:, :3], np.minimum(lengths, 3))
     for initial in (None, state):
         _, expected = net.forward(X, lengths, initial)
-        got = net._final_state(X, lengths, initial)
-        assert len(got) == len(expected)
-        for mine, theirs in zip(got, expected):
-            for a, b in zip(*(parts if isinstance(parts, tuple) else (parts,) for parts in (mine, theirs))):
+        _assert_same_state(net._final_state(net._batch(X, lengths, initial, "sequence")), expected)
+        # The unchecked batch of a strided window, as `Trainer` makes it.
+        window, window_lengths = X[:, 1:4], np.minimum(lengths - 1, 3)
+        checked = net._batch(window, window_lengths, initial, "sequence")
+        unchecked = net._window_batch(window, window_lengths, initial)
+        for a, b in zip(checked, unchecked):
+            if isinstance(a, np.ndarray):
                 np.testing.assert_array_equal(a, b)
+            elif a is not None and isinstance(a, list):
+                _assert_same_state([p for layer in a for p in layer], [p for layer in b for p in layer])
+            else:
+                assert a == b
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

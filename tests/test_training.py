@@ -118,14 +118,20 @@ class _Recorder:
 
     def __init__(self, trainer, net):
         self.calls = []
-        original = net._backprop
+        self.batches = {}
+        window_batch, backprop_batch = net._window_batch, net._backprop_batch
 
-        def recording(X, y, lengths, loss, output, truncate, state, sample_weight, loss_start, *args, **kwargs):
-            result = original(X, y, lengths, loss, output, truncate, state, sample_weight, loss_start, *args, **kwargs)
-            self.calls.append(dict(X=X, y=y, lengths=lengths, grad=result.grad, state=state, loss_start=loss_start))
+        def recording_batch(X, lengths, state):
+            batch = window_batch(X, lengths, state)
+            self.batches[id(batch)] = dict(X=X, lengths=lengths, state=state)
+            return batch
+
+        def recording(batch, targets, weights, loss, output, window, loss_start, *args):
+            result = backprop_batch(batch, targets, weights, loss, output, window, loss_start, *args)
+            self.calls.append(dict(self.batches[id(batch)], grad=result.grad, loss_start=loss_start))
             return result
 
-        net._backprop = recording
+        net._window_batch, net._backprop_batch = recording_batch, recording
         trainer._step = lambda loss, grad, *args: (loss, 0.0)
 
 
