@@ -3,7 +3,7 @@
 import warnings
 
 
-from bptt_numba import RNNClassifier, RNNForecaster, RNNRegressor, datasets
+from bptt_numba import RNNClassifier, RNNForecaster, RNNRegressor, datasets, make_streams
 
 
 def _quiet_fit(model, X, y):
@@ -38,6 +38,26 @@ class AddingProblem:
         self.model.predict(self.X[:1])
 
     def track_final_loss(self, cell):
+        return _quiet_fit(self.model, self.X, self.y).loss_curve_[-1]
+
+
+class TruncatedStreams:
+    """Stateful TBPTT(k1, k2): 16 streams of one long series (T = 400), every step scored."""
+
+    params = (["25,25", "20,40"],)
+    param_names = ["truncate"]
+
+    def setup(self, truncate):
+        self.X, self.y = make_streams(datasets.make_sine_series(16 * 400 + 1, random_state=0), 16)
+        k1, k2 = (int(k) for k in truncate.split(","))
+        self.model = RNNRegressor(hidden_layer_sizes=(32,), output="sequence", truncate=(k1, k2), max_iter=2,
+                                  batch_size=16, random_state=0)
+        _quiet_fit(self.model, self.X[:, :50], self.y[:, :50])
+
+    def time_fit(self, truncate):
+        _quiet_fit(self.model, self.X, self.y)
+
+    def track_final_loss(self, truncate):
         return _quiet_fit(self.model, self.X, self.y).loss_curve_[-1]
 
 
