@@ -604,14 +604,14 @@ class _Windows:
             if next_start > start:
                 head = np.minimum(window.lengths, next_start - start)
                 carried = network._final_state(
-                    network._window_batch(window.X[:, : next_start - start], head, window_state)
+                    network._valid_batch(window.X[:, : next_start - start], head, window_state)
                 )
         result = (0.0, None, len(active), 0.0)
         scores = window.weights.sum() > 0
         if scores or carry_final:
             # `fit` validated the data, and the state is the network's own:
             # the window goes in unchecked, its final state chunked until needed.
-            chunked = network._window_batch(window.X, window.lengths, window_state)
+            chunked = network._valid_batch(window.X, window.lengths, window_state)
         if scores:
             backprop = network._backprop_batch(
                 chunked, window.y, window.weights, trainer.loss, trainer.output, 0, loss_from - start,

@@ -118,7 +118,7 @@ def _assert_same_state(got, expected):
 
 
 @pytest.mark.parametrize("cell, bidirectional", [("lstm", False), ("gru", True), ("rnn", False)])
-def test_final_state_alone_is_forwards_and_a_window_batch_is_a_checked_one(cell, bidirectional):
+def test_final_state_alone_is_forwards_and_a_valid_batch_is_a_checked_one(cell, bidirectional):
     net, X, _, lengths, _ = make_problem(cell, hidden_sizes=(3, 2), bidirectional=bidirectional, lengths=[5, 2, 4])
     lengths = np.asarray(lengths, dtype=np.int64)
     _, state = net.forward(X[:, :3], np.minimum(lengths, 3))
@@ -128,7 +128,7 @@ def test_final_state_alone_is_forwards_and_a_window_batch_is_a_checked_one(cell,
         # The unchecked batch of a strided window, as `Trainer` makes it.
         window, window_lengths = X[:, 1:4], np.minimum(lengths - 1, 3)
         checked = net._batch(window, window_lengths, initial, "sequence")
-        unchecked = net._window_batch(window, window_lengths, initial)
+        unchecked = net._valid_batch(window, window_lengths, initial)
         for a, b in zip(checked, unchecked):
             if isinstance(a, np.ndarray):
                 np.testing.assert_array_equal(a, b)

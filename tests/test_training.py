@@ -119,7 +119,7 @@ class _Recorder:
     def __init__(self, trainer, net):
         self.calls = []
         self.batches = {}
-        window_batch, backprop_batch = net._window_batch, net._backprop_batch
+        window_batch, backprop_batch = net._valid_batch, net._backprop_batch
 
         def recording_batch(X, lengths, state):
             batch = window_batch(X, lengths, state)
@@ -131,7 +131,7 @@ class _Recorder:
             self.calls.append(dict(self.batches[id(batch)], grad=result.grad, loss_start=loss_start))
             return result
 
-        net._window_batch, net._backprop_batch = recording_batch, recording
+        net._valid_batch, net._backprop_batch = recording_batch, recording
         trainer._step = lambda loss, grad, *args: (loss, 0.0)
 
 
