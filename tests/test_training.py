@@ -78,15 +78,21 @@ def test_l2_penalty_gradient_matches_finite_differences():
 
 def test_clipping_by_norm_and_value():
     net, X, y, lengths = _toy()
-    for options in ({"clip_norm": 1e-3}, {"clip_value": 1e-4}):
+    for options in ({"clip_norm": 1e-3}, {"clip_value": 1e-4}, {"clip_norm": 1e-4, "clip_value": 1e-4}):
         trainer = Trainer(net, solver="sgd", momentum=0.0, learning_rate_init=1.0, **options)
         before = net.params.copy()
         loss, grad, _ = net.loss_and_grad_vector(X, y, lengths)
-        trainer._step(loss, grad, 40, 1, 1)
+        norm = np.linalg.norm(grad)
+        # The norm recorded is the gradient's before any clipping.
+        assert trainer._step(loss, grad, 40, 1, 1)[1] == pytest.approx(norm, rel=1e-12)
         step = before - net.params
         if "clip_norm" in options:
-            assert np.linalg.norm(step) == pytest.approx(1e-3, rel=1e-5)
-        else:
+            # PyTorch's 1e-6 beside the norm shows when it is this small.
+            rel = 1e-2 if "clip_value" in options else 1e-5
+            assert np.linalg.norm(step) == pytest.approx(options["clip_norm"], rel=rel)
+        if "clip_value" in options:
+            assert np.abs(step).max() <= 1e-4 * (1 + 1e-12)
+        if "clip_norm" not in options:
             assert np.abs(step).max() == pytest.approx(1e-4)
 
 
