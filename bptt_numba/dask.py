@@ -122,6 +122,8 @@ def _window_share(network, X, y, lengths, weights, local_rows, key, index, n_ste
     slot = (key, get_worker().address)
     if index == 0:
         share = _Data(X, y, lengths, weights, trainer.output == "sequence").take(local_rows)
+        # As `Trainer.fit` checks its data: the windows go to the network unchecked.
+        share = trainer._check_data(share.X, share.y, share.lengths, share.weights)
         _WINDOWS[slot] = _Windows(trainer, share, n_steps)
     windows = _WINDOWS[slot]
     result = windows.gradient(network, index)
@@ -181,11 +183,10 @@ def _local_training(trainer, X, y, lengths, weights, n_steps, seed):
 
     Returns the parameters and the mean loss of those steps.
     """
-    from .training import _Data
-
     trainer = copy.deepcopy(trainer)
     trainer.rng = np.random.default_rng(seed)
-    data = _Data(X, y, lengths, weights, trainer.output == "sequence")
+    # Checked once, as `Trainer.fit` does: the windows go to the network unchecked.
+    data = trainer._check_data(X, y, lengths, weights)
     losses = []
     while len(losses) < n_steps:
         for rows in trainer._batches(lengths):

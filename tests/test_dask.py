@@ -41,6 +41,19 @@ def test_gradient_averaging_equals_single_process_training(client):
         np.testing.assert_allclose(spread.predict(data), single.predict(data), rtol=1e-10, atol=1e-12)
 
 
+def test_a_float32_model_with_float64_targets_matches_single_process(client):
+    """Each worker checks and converts its share as `Trainer.fit` does its data."""
+    X, y = _data()
+    options = {**OPTIONS, "dtype": "float32", "truncate": (4, 6)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        single = RNNRegressor(**options).fit(X, y)
+        spread = bptt_dask.fit(RNNRegressor(**options), X, y, client=client)
+    assert spread.network_.params.dtype == np.float32
+    np.testing.assert_allclose(spread.network_.params, single.network_.params, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(spread.loss_curve_, single.loss_curve_, rtol=1e-3)
+
+
 @pytest.mark.parametrize("output", ["last", "sequence"])
 def test_tbptt_windows_on_the_workers_equal_single_process(client, output):
     rng = np.random.default_rng(1)
