@@ -724,9 +724,9 @@ class _Data:
         ``rows`` are sorted, distinct, and still running at ``start``.  With
         every sample the arrays are views, the weights (which the caller
         edits) excepted: the copy of ``X`` took 60-90 us of a 3.5 ms LSTM
-        H=64 B=64 step of ``fit`` here, and ``Network._batch`` copies it
-        again into its own layout.  (``np.clip`` for the lengths took another
-        40 us there.)
+        H=64 B=64 step of ``fit`` here, and the network copies it again into
+        its chunk-major layout (``Network._valid_batch``).  ``np.clip`` for
+        the lengths took another 40 us there.
         """
         if rows.shape[0] == self.n_samples:
             rows = slice(None)
