@@ -261,9 +261,8 @@ class _RNNBase(BaseEstimator):
     def _raw_predict(self, X):
         """Network outputs, the lengths and the input layout."""
         X_arr, lengths, layout = self._sequences(X, reset=False)
-        network = self.network_
         with _threads(self.n_jobs):
-            Y = network._batch_outputs(network._valid_batch(X_arr, lengths, None), self.output)[0]
+            Y = self.network_._valid_outputs(X_arr, lengths, self.output)
         return Y, lengths, layout
 
     def _per_sequence(self, values, lengths, layout):
@@ -396,7 +395,7 @@ class RNNRegressor(RegressorMixin, _RNNBase):
         return y_arr, n_outputs
 
     def _network_score(self, network, X, y, lengths, weights):
-        Y = network._batch_outputs(network._valid_batch(X, lengths, None), self.output)[0]
+        Y = network._valid_outputs(X, lengths, self.output)
         if self.output == "sequence":
             mask = val.valid_mask(lengths, X.shape[1])
             return r2_score(y[mask], Y[mask])
@@ -588,7 +587,7 @@ class RNNClassifier(ClassifierMixin, _RNNBase):
         return scaled if weights is None else weights * scaled
 
     def _network_score(self, network, X, y, lengths, weights):
-        Y = network._batch_outputs(network._valid_batch(X, lengths, None), self.output)[0]
+        Y = network._valid_outputs(X, lengths, self.output)
         predicted = np.argmax(Y, axis=-1)
         if self.output == "sequence":
             mask = val.valid_mask(lengths, X.shape[1])

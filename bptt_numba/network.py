@@ -294,6 +294,10 @@ class Network:
         """
         return self._batch_outputs(self._batch(X, lengths, state, output), output)
 
+    def _valid_outputs(self, X, lengths, output):
+        """``Y`` of `_outputs` for arrays valid by construction (see `_valid_batch`), without the checks."""
+        return self._batch_outputs(self._valid_batch(X, lengths, None), output)[0]
+
     def _batch_outputs(self, batch, output):
         """`_outputs` of a `_Batch` (``output`` valid)."""
         tapes, top = self._unroll(batch)
