@@ -77,11 +77,12 @@ def ours(cell, hidden, batch, steps, features, seed=0):
     X = rng.standard_normal((batch, steps, features)).astype(np.float32)
     y = rng.standard_normal((batch, 1)).astype(np.float32)
     adam = _Adam(net.params, 0.9, 0.999, 1e-8, 0.0)
+    undo = np.empty((adam.undo_rows, net.params.size), net.params.dtype)
 
     def step():
         _, grad, _ = net.loss_and_grad_vector(X, y)
         optim.clip_by_norm(grad, 1.0)
-        adam.update(net.params, grad, 1e-3)
+        adam.update(net.params, grad, 1e-3, undo)
 
     return step, lambda: net.forward(X)
 

@@ -26,6 +26,7 @@ import numpy as np
 from . import _validation as val
 from ._config import kernel_section
 from ._kernels import optim
+from ._kernels.layers import _buffer
 
 SOLVERS = ("adam", "adamw", "sgd", "rmsprop", "lbfgs")
 SCHEDULES = ("constant", "invscaling", "adaptive")
@@ -35,16 +36,22 @@ ON_NONFINITE = ("raise", "skip")
 class _Momentum:
     """SGD with (Nesterov) momentum, scikit-learn's MLP semantics."""
 
+    #: Vectors an update overwrites: its ``undo`` scratch has a row for each.
+    undo_rows = 2
+
     def __init__(self, params, momentum, nesterov):
         self.velocity = np.zeros_like(params)
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
 
-    def update(self, params, grad, lr):
-        optim.sgd_update(params, grad, self.velocity, lr, self.momentum, self.nesterov)
+    def update(self, params, grad, lr, undo):
+        """One update in place; False, with nothing changed, if it is not finite."""
+        return optim.sgd_update(params, grad, self.velocity, undo, lr, self.momentum, self.nesterov)
 
 
 class _Adam:
     """Adam, or AdamW with decoupled ``weight_decay`` (PyTorch semantics)."""
+
+    undo_rows = 3
 
     def __init__(self, params, beta_1, beta_2, epsilon, weight_decay):
         self.m, self.v = np.zeros_like(params), np.zeros_like(params)
@@ -52,22 +59,28 @@ class _Adam:
         self.weight_decay = float(weight_decay)
         self.step = 0
 
-    def update(self, params, grad, lr):
-        self.step += 1
-        optim.adam_update(
-            params, grad, self.m, self.v, lr, self.beta_1, self.beta_2, self.epsilon, self.step, self.weight_decay
+    def update(self, params, grad, lr, undo):
+        """One update in place; False, with nothing changed, if it is not finite."""
+        made = optim.adam_update(
+            params, grad, self.m, self.v, undo, lr, self.beta_1, self.beta_2, self.epsilon, self.step + 1,
+            self.weight_decay,
         )
+        self.step += made
+        return made
 
 
 class _RMSprop:
     """RMSprop without momentum (PyTorch semantics, ``alpha`` = ``rho``)."""
 
+    undo_rows = 2
+
     def __init__(self, params, rho, epsilon):
         self.square_avg = np.zeros_like(params)
         self.rho, self.epsilon = float(rho), float(epsilon)
 
-    def update(self, params, grad, lr):
-        optim.rmsprop_update(params, grad, self.square_avg, lr, self.rho, self.epsilon)
+    def update(self, params, grad, lr, undo):
+        """One update in place; False, with nothing changed, if it is not finite."""
+        return optim.rmsprop_update(params, grad, self.square_avg, undo, lr, self.rho, self.epsilon)
 
 
 class Trainer:
@@ -133,8 +146,9 @@ class Trainer:
         Form batches of sequences of similar length (less padding).
     on_nonfinite : {"raise", "skip"}, default="raise"
         A non-finite loss, gradient or update either stops training with a
-        FloatingPointError (the weights stay those of the last finite step)
-        or skips the step with a warning.
+        FloatingPointError (the weights and the optimizer's state stay those
+        of the last finite step) or skips the step with a warning, leaving
+        both as they were.
     verbose : bool, default=False
         A progress bar (tqdm, when installed) or one line per epoch.
     score : callable, optional
@@ -383,10 +397,11 @@ class Trainer:
             optim.clip_by_value(grad, self.clip_value)
             if self.clip_norm is not None:
                 optim.clip_by_norm(grad, self.clip_norm)
-        previous = params.copy()
-        self._get_optimizer().update(params, grad, self.learning_rate_)
-        if not math.isfinite(optim.global_norm(params)):
-            params[:] = previous
+        optimizer = self._get_optimizer()
+        # The network's scratch, so that it is kept between steps (no page
+        # faults), left out of pickles and trimmed at the end of a fit.
+        undo = _buffer(self.network._workspace(), ("undo",), (optimizer.undo_rows, params.size), params.dtype)
+        if not optimizer.update(params, grad, self.learning_rate_, undo):
             return self._nonfinite("update", epoch, number)
         return loss, norm
 
@@ -396,7 +411,9 @@ class Trainer:
             "the gradients are exploding; set clip_norm (e.g. 1.0) or a smaller learning_rate_init"
         )
         if self.on_nonfinite == "raise":
-            raise FloatingPointError(message + "; the weights are those of the last finite step")
+            raise FloatingPointError(
+                message + "; the weights and the optimizer's state are those of the last finite step"
+            )
         warnings.warn(message + "; step skipped", RuntimeWarning, stacklevel=4)
         return None
 

@@ -27,6 +27,11 @@ def _start(dtype, seed=0):
     return params, grads
 
 
+def _undo(params, rows):
+    """An update kernel's scratch for the ``rows`` vectors it overwrites."""
+    return np.empty((rows, params.shape[0]), params.dtype)
+
+
 # Plain NumPy references: each is one step, written as loop-free expressions.
 
 
@@ -54,7 +59,7 @@ def _run_sgd(dtype, momentum, nesterov):
     params, grads = _start(dtype)
     velocity = np.zeros_like(params)
     for grad in grads:
-        optim.sgd_update(params, grad, velocity, 0.05, momentum, nesterov)
+        optim.sgd_update(params, grad, velocity, _undo(params, 2), 0.05, momentum, nesterov)
     return params, velocity
 
 
@@ -62,7 +67,7 @@ def _run_adam(dtype, weight_decay):
     params, grads = _start(dtype)
     m, v = np.zeros_like(params), np.zeros_like(params)
     for step, grad in enumerate(grads, 1):
-        optim.adam_update(params, grad, m, v, 0.01, 0.9, 0.999, 1e-8, step, weight_decay)
+        optim.adam_update(params, grad, m, v, _undo(params, 3), 0.01, 0.9, 0.999, 1e-8, step, weight_decay)
     return params, m, v
 
 
@@ -70,7 +75,7 @@ def _run_rmsprop(dtype):
     params, grads = _start(dtype)
     square_avg = np.zeros_like(params)
     for grad in grads:
-        optim.rmsprop_update(params, grad, square_avg, 0.01, 0.99, 1e-8)
+        optim.rmsprop_update(params, grad, square_avg, _undo(params, 2), 0.01, 0.99, 1e-8)
     return params, square_avg
 
 
@@ -82,7 +87,7 @@ def test_sgd_matches_reference(dtype, momentum, nesterov):
     expected, velocity_ref = params.copy(), np.zeros_like(params)
     velocity = np.zeros_like(params)
     for grad in grads:
-        optim.sgd_update(params, grad, velocity, 0.05, momentum, nesterov)
+        optim.sgd_update(params, grad, velocity, _undo(params, 2), 0.05, momentum, nesterov)
         expected, velocity_ref = _sgd_reference(expected, grad, velocity_ref, 0.05, momentum, nesterov)
         np.testing.assert_allclose(params, expected, rtol=rtol, atol=atol)
         np.testing.assert_allclose(velocity, velocity_ref, rtol=rtol, atol=atol)
@@ -96,7 +101,7 @@ def test_adam_matches_reference(dtype, weight_decay):
     expected, m_ref, v_ref = params.copy(), np.zeros_like(params), np.zeros_like(params)
     m, v = np.zeros_like(params), np.zeros_like(params)
     for step, grad in enumerate(grads, 1):
-        optim.adam_update(params, grad, m, v, 0.01, 0.9, 0.999, 1e-8, step, weight_decay)
+        optim.adam_update(params, grad, m, v, _undo(params, 3), 0.01, 0.9, 0.999, 1e-8, step, weight_decay)
         expected, m_ref, v_ref = _adam_reference(
             expected, grad, m_ref, v_ref, 0.01, 0.9, 0.999, 1e-8, step, weight_decay
         )
@@ -110,7 +115,7 @@ def test_adam_bias_correction_late_steps():
     params, (grad, *_) = _start(np.float64)
     m, v = np.full_like(params, 0.1), np.full_like(params, 0.2)
     expected, m_ref, v_ref = _adam_reference(params, grad, m, v, 0.01, 0.9, 0.999, 1e-8, 100_000, 0.0)
-    optim.adam_update(params, grad, m, v, 0.01, 0.9, 0.999, 1e-8, 100_000, 0.0)
+    optim.adam_update(params, grad, m, v, _undo(params, 3), 0.01, 0.9, 0.999, 1e-8, 100_000, 0.0)
     np.testing.assert_allclose(params, expected, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(m, m_ref, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(v, v_ref, rtol=1e-12, atol=1e-14)
@@ -123,10 +128,43 @@ def test_rmsprop_matches_reference(dtype):
     expected, square_ref = params.copy(), np.zeros_like(params)
     square_avg = np.zeros_like(params)
     for grad in grads:
-        optim.rmsprop_update(params, grad, square_avg, 0.01, 0.99, 1e-8)
+        optim.rmsprop_update(params, grad, square_avg, _undo(params, 2), 0.01, 0.99, 1e-8)
         expected, square_ref = _rmsprop_reference(expected, grad, square_ref, 0.01, 0.99, 1e-8)
         np.testing.assert_allclose(params, expected, rtol=rtol, atol=atol)
         np.testing.assert_allclose(square_avg, square_ref, rtol=rtol, atol=atol)
+
+
+def _update(name, params, state, grad):
+    """One step of optimizer ``name`` at a learning rate of 4; whether it was made."""
+    undo = _undo(params, 1 + len(state))
+    if name == "adam":
+        return optim.adam_update(params, grad, *state, undo, 4.0, 0.9, 0.999, 1e-8, 2, 0.01)
+    if name == "rmsprop":
+        return optim.rmsprop_update(params, grad, *state, undo, 4.0, 0.99, 1e-8)
+    return optim.sgd_update(params, grad, *state, undo, 4.0, 0.9, name == "nesterov")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["sgd", "nesterov", "adam", "rmsprop"])
+def test_an_update_that_would_not_be_finite_changes_nothing(dtype, name):
+    """All or nothing: one element out of range leaves every vector as it was.
+
+    The largest finite gradient overflows each update somewhere: ``lr * g``
+    for SGD, ``g**2`` in the second moments for Adam and RMSprop (whose
+    parameters stay finite).
+    """
+    params, (first, grad, *_) = _start(dtype)
+    state = [np.zeros_like(params) for _ in range(2 if name == "adam" else 1)]
+    # A finite step first, so that the state is not its zeros.
+    assert _update(name, params, state, first)
+    before = [vector.copy() for vector in [params] + state]
+    grad[SIZE // 2] = np.finfo(dtype).max
+    assert not _update(name, params, state, grad)
+    for vector, old in zip([params] + state, before):
+        np.testing.assert_array_equal(vector, old)
+    grad[SIZE // 2] = 0.0
+    assert _update(name, params, state, grad)
+    assert not np.array_equal(params, before[0])
 
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop"])
@@ -145,9 +183,9 @@ def test_updates_match_torch_optim(name):
         weight.grad = torch.from_numpy(grad.copy())
         opt.step()
         if name == "RMSprop":
-            optim.rmsprop_update(params, grad, square_avg, 0.01, 0.99, 1e-8)
+            optim.rmsprop_update(params, grad, square_avg, _undo(params, 2), 0.01, 0.99, 1e-8)
         else:
-            optim.adam_update(params, grad, m, v, 0.01, 0.9, 0.999, 1e-8, step, decay)
+            optim.adam_update(params, grad, m, v, _undo(params, 3), 0.01, 0.9, 0.999, 1e-8, step, decay)
         np.testing.assert_allclose(params, weight.detach().numpy(), rtol=1e-12, atol=1e-14)
     state = opt.state[weight]
     if name == "RMSprop":
@@ -284,9 +322,9 @@ def test_float32_kernels_do_no_float64_arithmetic():
     a, b, c, d = (np.ones(8, np.float32) for _ in range(4))
     mask = np.ones(8, np.bool_)
     calls = [
-        (optim.sgd_update, (a, b, c, 0.1, 0.9, True)),
-        (optim.adam_update, (a, b, c, d, 0.1, 0.9, 0.999, 1e-8, 1, 0.01)),
-        (optim.rmsprop_update, (a, b, c, 0.1, 0.99, 1e-8)),
+        (optim.sgd_update, (a, b, c, _undo(a, 2), 0.1, 0.9, True)),
+        (optim.adam_update, (a, b, c, d, _undo(a, 3), 0.1, 0.9, 0.999, 1e-8, 1, 0.01)),
+        (optim.rmsprop_update, (a, b, c, _undo(a, 2), 0.1, 0.99, 1e-8)),
         (optim.clip_by_value, (a, 0.5)),
         (optim.add_l2, (a, b, mask, 1e-3)),
     ]
@@ -294,4 +332,4 @@ def test_float32_kernels_do_no_float64_arithmetic():
         assert not pattern.search(ir(dispatcher, *args)), dispatcher.__name__
     # One float64 build (each fresh compile costs time) shows the search works.
     wide = [np.ones(8) for _ in range(4)]
-    assert pattern.search(ir(optim.adam_update, *wide, 0.1, 0.9, 0.999, 1e-8, 1, 0.01))
+    assert pattern.search(ir(optim.adam_update, *wide, _undo(wide[0], 3), 0.1, 0.9, 0.999, 1e-8, 1, 0.01))

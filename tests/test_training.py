@@ -1,6 +1,7 @@
 """The training layer: updates, TBPTT windows, the gradient toolkit, the loop,
 and evidence that it learns."""
 
+import copy
 import os
 import signal
 import threading
@@ -69,7 +70,15 @@ def test_l2_penalty_gradient_matches_finite_differences():
         return loss + 0.5 * 0.7 * np.sum(net.params[mask] ** 2) / 5
 
     captured = {}
-    trainer._get_optimizer = lambda: type("Capture", (), {"update": lambda s, p, g, lr: captured.setdefault("g", g.copy())})()
+
+    class Capture:
+        undo_rows = 1
+
+        def update(self, params, grad, lr, undo):
+            captured["g"] = grad.copy()
+            return True
+
+    trainer._get_optimizer = Capture
     loss, grad, _ = net.loss_and_grad_vector(X, y, lengths)
     trainer._step(loss, grad, 5, 1, 1)
     numeric = naive.finite_difference_grad(penalised, {"p": net.params}, eps=1e-6)["p"]
@@ -94,6 +103,28 @@ def test_clipping_by_norm_and_value():
             assert np.abs(step).max() <= 1e-4 * (1 + 1e-12)
         if "clip_norm" not in options:
             assert np.abs(step).max() == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam", "rmsprop"])
+def test_a_skipped_update_leaves_the_weights_and_the_optimizer_state(solver):
+    """A step skipped for a non-finite update is as if it was never taken."""
+    net, X, y, lengths = _toy(dtype="float32")
+    trainer = Trainer(net, solver=solver, on_nonfinite="skip")
+    loss, grad, _ = net.loss_and_grad_vector(X, y, lengths)
+    assert trainer._step(loss, grad.copy(), 40, 1, 1) is not None
+    optimizer = trainer._get_optimizer()
+    before = copy.deepcopy((net.params, optimizer.__dict__))
+    # Finite, but its square (Adam's, RMSprop's second moment) or its step
+    # (SGD's, at this learning rate) is not.
+    grad[0] = np.finfo(np.float32).max
+    trainer.learning_rate_ = 4.0
+    with pytest.warns(RuntimeWarning, match="non-finite update.*step skipped"):
+        assert trainer._step(loss, grad, 40, 1, 2) is None
+    params, state = before
+    np.testing.assert_array_equal(net.params, params)
+    assert optimizer.__dict__.keys() == state.keys()
+    for name, value in state.items():
+        np.testing.assert_array_equal(getattr(optimizer, name), value, err_msg=name)
 
 
 # ------------------------------------------------------------ TBPTT windows
