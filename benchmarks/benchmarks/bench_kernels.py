@@ -1,8 +1,10 @@
-"""Kernel-level suites: one training step (forward + BPTT) and the forward pass."""
+"""Kernel-level suites: one training step (forward + BPTT), the forward pass, the optimizer step."""
 
 import numba
+import numpy as np
 
 from bptt_numba._bench import SCALING_CASE
+from bptt_numba.training import Trainer
 
 from .common import make_batch, make_network, warm_up
 
@@ -62,6 +64,26 @@ class TruncatedStep:
 
     def peakmem_loss_and_grad(self, truncate, n_steps):
         self.net.loss_and_grad_vector(self.X, self.y, truncate=truncate)
+
+
+class OptimizerStep:
+    """What `fit` does with a batch's gradient: L2 penalty, global-norm clip, one update.
+
+    LSTM H=64 D=28 (25K parameters) and H=512 D=128 (1.3M), float32.  The
+    gradient is reused: the penalty and the clip keep it finite.
+    """
+
+    params = (["adam", "sgd", "rmsprop"], [64, 512])
+    param_names = ["solver", "hidden"]
+
+    def setup(self, solver, hidden):
+        self.net = make_network("lstm", hidden, n_features=28 if hidden == 64 else 128)
+        self.trainer = Trainer(self.net, solver=solver, alpha=1e-4, clip_norm=1.0)
+        self.grad = np.random.default_rng(0).standard_normal(self.net.params.size).astype(self.net.dtype)
+        self.trainer._step(0.0, self.grad, 32, 1, 1)
+
+    def time_step(self, solver, hidden):
+        self.trainer._step(0.0, self.grad, 32, 1, 1)
 
 
 class Threads:
