@@ -9,10 +9,11 @@ depend on how the sum is split.
 
 An update is all or nothing.  Each update kernel writes the old values to
 a caller's ``undo`` scratch as it overwrites them and, if any new value is
-not finite, puts them all back (with ``_recurrence.copy``: an array
-assignment would compile the formatting of its shape error, 2.7 s of a
-first fit) and returns False, so that a step the training loop skips
-leaves no trace in the parameters or in the optimizer's state.  That costs three write streams more than a plain
+not finite, puts them all back and returns False, so that a step the
+training loop skips leaves no trace in the parameters or in the
+optimizer's state.  They are put back with ``_recurrence.copy``: an array
+assignment makes Numba compile the formatting of its shape error, 2.7 s of
+a cold first fit.  The undo costs three write streams more than a plain
 update.  Timed alone, the kernels took less than the parameters' copy and
 norm that they replaced (2.1M float32 parameters: Adam 3.56-4.40 against
 3.87-4.54 ms).  Inside `Trainer._step`, penalty and clipping included, the
