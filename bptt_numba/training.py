@@ -640,17 +640,14 @@ class _Windows:
                 chunked, window.y, window.weights, trainer.loss, trainer.output, 0, loss_from - start,
                 trainer.dropout, trainer.rng,
             )
-            loss, grad = backprop.loss, backprop.grad
             if carry_final:
-                final = network._user_state(backprop.chunked_state, backprop.n_samples)
+                carried = network._user_state(backprop.chunked_state, backprop.n_samples)
             scored = window.weights if trainer.output == "last" else (
                 window.weights * np.maximum(window.lengths - (loss_from - start), 0)
             )
-            result = (loss, grad, len(active), float(scored.astype(np.float64).sum()))
+            result = (backprop.loss, backprop.grad, len(active), float(scored.astype(np.float64).sum()))
         elif carry_final:
-            final = network._final_state(chunked)
-        if carry_final:
-            carried = final
+            carried = network._final_state(chunked)
         if carried is not None:  # None: still the zero initial state
             self.state = _put_state(self.state, active, carried, batch.n_samples)
         return result
