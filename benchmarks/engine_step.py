@@ -7,8 +7,8 @@ Usage (from the repository root)::
 
 Prints the median wall time of ``Network.loss_and_grad_vector`` (forward,
 MSE on the last step, full BPTT) and of ``Network.forward`` after a warm-up,
-the time of the first call in fresh processes with an empty and with a warm
-Numba cache, and the peak memory of the first training step of a fresh
+the import and the first ``RNNRegressor.fit`` in fresh processes with an empty
+and with a warm Numba cache, and the peak memory of the first training step of a fresh
 network (NumPy's allocations, traced) against what storing the activations
 of the window takes.
 """
@@ -26,23 +26,27 @@ import numpy as np
 from bptt_numba._bench import median_ms
 from bptt_numba._kernels import layers
 
-FIRST_CALL = """
-import time, numpy as np
+# A batch of two chunks (`_config.batch_plan`), so that the fit compiles the sum of their gradient shares too.
+FIRST_FIT = """
+import time, warnings
+warnings.simplefilter("ignore")
 t0 = time.perf_counter()
-from bptt_numba import Network
-net = Network({features}, ({hidden},), cell={cell!r}, dtype={dtype!r}, random_state=0)
-X = np.zeros((2, 3, {features}), {dtype!r}); y = np.zeros((2, 1), {dtype!r})
-net.loss_and_grad_vector(X, y); net.forward(X)
-print(time.perf_counter() - t0)
+import numpy as np
+from bptt_numba import RNNRegressor
+t1 = time.perf_counter()
+X = np.random.default_rng(0).standard_normal((32, 3, {features})).astype({dtype!r})
+model = RNNRegressor(({hidden},), cell={cell!r}, dtype={dtype!r}, batch_size=32, max_iter=1)
+model.fit(X, X[:, -1, 0])
+print(t1 - t0, time.perf_counter() - t1)
 """
 
 
-def first_call_seconds(args, cache_dir):
-    """Import + first forward/backward in a fresh process using ``cache_dir``."""
-    code = FIRST_CALL.format(**vars(args))
+def first_fit_seconds(args, cache_dir):
+    """``(import, first fit)`` seconds in a fresh process using ``cache_dir``."""
+    code = FIRST_FIT.format(**vars(args))
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
-    return float(out.stdout.strip())
+    return tuple(float(s) for s in out.stdout.split())
 
 
 def activation_bytes(cell, hidden, batch, steps, itemsize):
@@ -74,8 +78,8 @@ def main():
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as cache_dir:
-        cold = first_call_seconds(args, cache_dir)
-        warm = first_call_seconds(args, cache_dir)
+        cold = first_fit_seconds(args, cache_dir)
+        warm = first_fit_seconds(args, cache_dir)
 
     import numba
 
@@ -97,7 +101,7 @@ def main():
         f"{args.cell} H={args.hidden} B={args.batch} T={args.steps} D={args.features} {args.dtype} "
         f"threads={numba.get_num_threads()} ({numba.threading_layer()}): "
         f"step {step:.2f} ms ({flops / step / 1e6:.1f} GFLOP/s), forward {forward:.2f} ms; "
-        f"first call: cold cache {cold:.1f} s, warm cache {warm:.2f} s; "
+        f"import + first fit: cold cache {cold[0]:.2f} + {cold[1]:.1f} s, warm cache {warm[0]:.2f} + {warm[1]:.2f} s; "
         f"first-step peak memory {peak / 2**20:.1f} MiB = {peak / kept:.2f}x the activations ({kept / 2**20:.1f} MiB)"
     )
 
