@@ -37,6 +37,7 @@ from numba import prange
 from ._config import kernel
 from ._kernels import optim
 from ._kernels._products import packed, panel_matmul
+from ._kernels.layers import _buffer
 from .network import Network
 from .training import _Adam
 
@@ -77,11 +78,12 @@ def ours(cell, hidden, batch, steps, features, seed=0):
     X = rng.standard_normal((batch, steps, features)).astype(np.float32)
     y = rng.standard_normal((batch, 1)).astype(np.float32)
     adam = _Adam(net.params, 0.9, 0.999, 1e-8, 0.0)
-    undo = np.empty((adam.undo_rows, net.params.size), net.params.dtype)
 
     def step():
         _, grad, _ = net.loss_and_grad_vector(X, y)
         optim.clip_by_norm(grad, 1.0)
+        # The update's scratch as `Trainer._step` takes it.
+        undo = _buffer(net._workspace(), ("undo",), (adam.undo_rows, net.params.size), net.params.dtype)
         adam.update(net.params, grad, 1e-3, undo)
 
     return step, lambda: net.forward(X)
